@@ -1,0 +1,21 @@
+"""One exception family, so the CLI and nodes can turn any expected failure into one clear line."""
+
+
+class KpPerceptionError(Exception):
+    """Base of every error the user can cause (bad input, missing model, bad config)."""
+
+
+class ImageConversionError(KpPerceptionError, ValueError):
+    """A sensor_msgs Image/CompressedImage that cannot be converted; the message names the problem."""
+
+
+class DataError(KpPerceptionError):
+    """An unreadable or unusable dataset source (bag, video, folder, annotations)."""
+
+
+class ModelLoadError(KpPerceptionError):
+    """A model file, sidecar, engine or checkpoint that is missing, corrupt or incompatible."""
+
+
+class ConfigError(KpPerceptionError):
+    """An invalid configuration value or override."""
