@@ -1,0 +1,77 @@
+"""The one checkpoint format, shared by the trainer, export and the torch backend.
+
+A checkpoint is a dict saved with ``torch.save``::
+
+    {
+      "format": "kp_perception.checkpoint", "format_version": 1,
+      "kind": "pyramids" | "keynet" | "transporter" | "tusk",
+      "config": {...},             # resolved training config, plain YAML types
+      "encoder": state_dict,       # the robot-side encoder (what export needs)
+      "training": {...},           # everything else: decoders, optimisers, step, RNG states
+    }
+
+Saving is atomic (temporary file, fsync, rename) so an interrupted run never
+leaves a half-written ``last.pt``. Loading always uses ``weights_only=True``:
+a checkpoint is data, never code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kp_perception.errors import ModelLoadError
+
+FORMAT = "kp_perception.checkpoint"
+FORMAT_VERSION = 1
+KINDS = ("pyramids", "keynet", "transporter", "tusk")
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
+    """Write ``checkpoint`` to ``path`` atomically, stamping the format fields."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **checkpoint}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, expected_kind: str | None = None) -> dict[str, Any]:
+    """Load and validate a checkpoint; raise ``ModelLoadError`` naming the file and the problem."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: checkpoint not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or unsafe files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{path}: not a readable kp_perception checkpoint ({reason})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ModelLoadError(f"{path}: not a kp_perception checkpoint (no '{FORMAT}' format tag)")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{path}: checkpoint format version {data.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise ModelLoadError(f"{path}: unknown model kind {kind!r}, expected one of {', '.join(KINDS)}")
+    if expected_kind is not None and kind != expected_kind:
+        raise ModelLoadError(f"{path}: model kind is {kind!r}, expected {expected_kind!r}")
+    for key in ("config", "encoder"):
+        if key not in data:
+            raise ModelLoadError(f"{path}: checkpoint has no '{key}' entry")
+    return data
