@@ -1,0 +1,181 @@
+"""Results -> kp_perception_msgs and a flat std_msgs/Float32MultiArray.
+
+Why here and not in the nodes: the same conversion serves the nodes, tests
+and anything that replays results, and it is the one place that fixes the
+flat layout an RL policy depends on.
+
+Flat layouts (row-major, ``data_offset`` 0, float32; pixels of the input image):
+
+* Keypoint Pyramids: dim0 ``"keypoints"`` (N rows, coarse to fine), dim1
+  ``"x,y,score,level,parent"`` (5 columns). ``parent`` is the row of the parent,
+  -1 for roots. All N keypoints are always present so the shape is fixed; the
+  policy masks with the score column.
+* TUSK: dim0 ``"detections"`` (K rows, strongest first), dim1
+  ``"x,y,score,prototype,distance"`` (5 columns). All K top-K detections are
+  present (fixed shape); descriptors are not in the flat array.
+
+The score threshold applies to the structured messages (and the debug image)
+only, through :func:`threshold_pyramid` / :func:`threshold_detections`.
+"""
+
+from __future__ import annotations
+
+import array
+from dataclasses import replace
+
+import numpy as np
+from std_msgs.msg import Float32MultiArray, Header, MultiArrayDimension, MultiArrayLayout
+
+from kp_perception.results import KeypointPyramidResult, PrototypeDetectionResult
+from kp_perception_msgs.msg import (
+    Keypoint,
+    KeypointPyramid,
+    PrototypeDetection,
+    PrototypeDetectionArray,
+)
+
+PYRAMID_FLAT_COLUMNS = "x,y,score,level,parent"
+DETECTION_FLAT_COLUMNS = "x,y,score,prototype,distance"
+
+
+def threshold_pyramid(result: KeypointPyramidResult, threshold: float) -> KeypointPyramidResult:
+    """Keep keypoints with score >= threshold, plus every ancestor of a kept keypoint.
+
+    Ancestors are kept so that every published parent index stays valid and
+    every non-root keypoint still has a parent one level up. Parents are
+    re-indexed into the reduced arrays and ``level_sizes`` recounted.
+    """
+    n = len(result.scores)
+    if threshold <= 0.0 or n == 0:
+        return result
+    keep = np.asarray(result.scores) >= threshold
+    parents = np.asarray(result.parents, dtype=np.int64)
+    # Propagate "keep" upwards, one level per pass (levels are few).
+    for _ in range(len(result.level_sizes)):
+        up = parents[keep & (parents >= 0)]
+        if np.all(keep[up]):
+            break
+        keep[up] = True
+    new_index = np.full(n, -1, dtype=np.int64)
+    new_index[keep] = np.arange(int(keep.sum()))
+    kept_parents = parents[keep]
+    remapped = np.where(kept_parents >= 0, new_index[np.maximum(kept_parents, 0)], -1).astype(np.int32)
+    levels = np.asarray(result.levels)[keep]
+    level_sizes = tuple(int(np.count_nonzero(levels == lv)) for lv in range(len(result.level_sizes)))
+    return replace(
+        result,
+        xy=np.asarray(result.xy)[keep],
+        scores=np.asarray(result.scores)[keep],
+        levels=levels,
+        parents=remapped,
+        level_sizes=level_sizes,
+    )
+
+
+def threshold_detections(result: PrototypeDetectionResult, threshold: float) -> PrototypeDetectionResult:
+    """Keep detections with score >= threshold, strongest first (the message's documented order)."""
+    scores = np.asarray(result.scores)
+    order = np.argsort(-scores, kind="stable")
+    order = order[scores[order] >= threshold]
+    return replace(
+        result,
+        xy=np.asarray(result.xy)[order],
+        scores=scores[order],
+        prototypes=np.asarray(result.prototypes)[order],
+        distances=np.asarray(result.distances)[order],
+        descriptors=np.asarray(result.descriptors)[order],
+    )
+
+
+def pyramid_to_msg(result: KeypointPyramidResult, header: Header) -> KeypointPyramid:
+    """KeypointPyramidResult -> KeypointPyramid with the image's header copied."""
+    msg = KeypointPyramid()
+    msg.header = header
+    msg.image_width = int(result.image_width)
+    msg.image_height = int(result.image_height)
+    msg.level_sizes = [int(s) for s in result.level_sizes]
+    # tolist() once: per-element numpy scalar access is the slow part, not the message objects.
+    xy = np.asarray(result.xy, dtype=np.float32).tolist()
+    scores = np.asarray(result.scores, dtype=np.float32).tolist()
+    levels = np.asarray(result.levels).tolist()
+    parents = np.asarray(result.parents).tolist()
+    msg.keypoints = [
+        Keypoint(x=p[0], y=p[1], score=s, level=lv, parent=pa)
+        for p, s, lv, pa in zip(xy, scores, levels, parents, strict=True)
+    ]
+    return msg
+
+
+def detections_to_msg(result: PrototypeDetectionResult, header: Header) -> PrototypeDetectionArray:
+    """PrototypeDetectionResult -> PrototypeDetectionArray with the image's header copied."""
+    msg = PrototypeDetectionArray()
+    msg.header = header
+    msg.image_width = int(result.image_width)
+    msg.image_height = int(result.image_height)
+    msg.num_prototypes = int(result.num_prototypes)
+    xy = np.asarray(result.xy, dtype=np.float32).tolist()
+    scores = np.asarray(result.scores, dtype=np.float32).tolist()
+    prototypes = np.asarray(result.prototypes).tolist()
+    distances = np.asarray(result.distances, dtype=np.float32).tolist()
+    descriptors = np.ascontiguousarray(result.descriptors, dtype=np.float32)
+    msg.detections = [
+        PrototypeDetection(
+            x=p[0], y=p[1], score=s, prototype=k, distance=d, descriptor=_float_array(descriptors[i])
+        )
+        for i, (p, s, k, d) in enumerate(zip(xy, scores, prototypes, distances, strict=True))
+    ]
+    return msg
+
+
+def pyramid_to_flat(result: KeypointPyramidResult) -> Float32MultiArray:
+    """N×5 Float32MultiArray: columns x, y, score, level, parent (see module docstring)."""
+    table = np.column_stack(
+        [
+            np.asarray(result.xy, dtype=np.float32).reshape(-1, 2),
+            np.asarray(result.scores, dtype=np.float32),
+            np.asarray(result.levels, dtype=np.float32),
+            np.asarray(result.parents, dtype=np.float32),
+        ]
+    )
+    return _flat(table, "keypoints", PYRAMID_FLAT_COLUMNS)
+
+
+def detections_to_flat(result: PrototypeDetectionResult) -> Float32MultiArray:
+    """K×5 Float32MultiArray: columns x, y, score, prototype, distance (see module docstring)."""
+    table = np.column_stack(
+        [
+            np.asarray(result.xy, dtype=np.float32).reshape(-1, 2),
+            np.asarray(result.scores, dtype=np.float32),
+            np.asarray(result.prototypes, dtype=np.float32),
+            np.asarray(result.distances, dtype=np.float32),
+        ]
+    )
+    return _flat(table, "detections", DETECTION_FLAT_COLUMNS)
+
+
+def flat_to_numpy(msg: Float32MultiArray) -> np.ndarray:
+    """Inverse of the flat layouts: a rows×columns float32 array (for policies and tests)."""
+    dims = msg.layout.dim
+    if len(dims) != 2:
+        raise ValueError(f"expected a 2-D layout, got {len(dims)} dimensions")
+    data = np.asarray(msg.data, dtype=np.float32)[msg.layout.data_offset :]
+    return data[: dims[0].size * dims[1].size].reshape(dims[0].size, dims[1].size)
+
+
+def _flat(table: np.ndarray, rows_label: str, columns_label: str) -> Float32MultiArray:
+    rows, cols = table.shape
+    msg = Float32MultiArray()
+    msg.layout = MultiArrayLayout(
+        dim=[
+            MultiArrayDimension(label=rows_label, size=rows, stride=rows * cols),
+            MultiArrayDimension(label=columns_label, size=cols, stride=cols),
+        ],
+        data_offset=0,
+    )
+    msg.data = _float_array(table)
+    return msg
+
+
+def _float_array(values: np.ndarray) -> array.array:
+    # array('f', bytes) is the setter's fast path; a numpy array would be checked element by element.
+    return array.array("f", np.ascontiguousarray(values, dtype=np.float32).tobytes())
