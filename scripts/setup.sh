@@ -10,6 +10,8 @@ STAMPS=$VENV/.kp-stamps
 PY=${PYTHON:-python3}
 
 say() { printf '[setup] %s\n' "$*"; }
+# pip warns once per package about this machine's optional local index folders; keep real output only.
+quiet_pip() { pip --quiet "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
 digest() { cat "$@" | sha256sum | cut -c1-16; }
 fresh() { [ -f "$STAMPS/$1" ] && [ "$(cat "$STAMPS/$1")" = "$2" ]; }
 stamp() { mkdir -p "$STAMPS"; echo "$2" > "$STAMPS/$1"; }
@@ -26,8 +28,8 @@ if fresh requirements "$req"; then
   say "dependencies up to date"
 else
   say "installing pinned dependencies (torch CPU, ROS 2 wheels, onnxruntime, ...): about 2-4 minutes"
-  pip install --quiet --upgrade pip
-  pip install --quiet -r requirements.txt
+  quiet_pip install --upgrade pip
+  quiet_pip install -r requirements.txt
   stamp requirements "$req"
 fi
 
@@ -56,7 +58,7 @@ if fresh package "$pkg-$req"; then
   say "kp_perception (editable) up to date"
 else
   say "installing kp_perception editable"
-  pip install --quiet --no-deps --no-build-isolation -e .
+  quiet_pip install --no-deps --no-build-isolation -e .
   stamp package "$pkg-$req"
 fi
 say "ready: . .venv/bin/activate"
