@@ -1,0 +1,83 @@
+"""Flat baselines of Table 1, on the same encoder (one level on the finest FPN map), any K.
+
+- ``KeyNetMethod`` (Jakab et al. 2018): the K keypoints' Gaussian heatmaps are the
+  bottleneck; with appearance features Φ(x_ref) a decoder must reconstruct x (Eq. 1, one level).
+- ``TransporterMethod`` (Kulkarni et al. 2019): features Φ from the finest FPN map,
+  transported keypoint by keypoint (f ← (1-a_k)(1-b_k)f + b_k Φ(x)) starting from
+  Φ(x_ref) with a stop-gradient on the x_ref side; a decoder reconstructs x from them.
+
+Both read ``model.keypoints_per_level: [K]`` and go through the same train/eval/export commands.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from training.pyramids.decoders import (
+    AppearanceEncoder,
+    FeatureEncoder,
+    ImageDecoder,
+    resize_maps,
+    sequential_transport,
+)
+from training.pyramids.losses import reconstruction_loss
+from training.pyramids.method import KeypointMethodBase
+
+
+class KeyNetMethod(KeypointMethodBase):
+    """Keypoint bottleneck + reconstruction from [Ψ(x), Φ(x_ref)]."""
+
+    kind: ClassVar[str] = "keynet"
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        dec = config.get("decoder", {})
+        stride = self.encoder.fpn.finest_stride
+        app_ch = int(dec.get("appearance_channels", 32))
+        self.appearance = AppearanceEncoder(app_ch, int(dec.get("appearance_width", 32)), stride)
+        self.decoder = ImageDecoder(self.encoder.num_keypoints + app_ch, int(dec.get("decoder_width", 64)), stride)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float], Any]:
+        x, ref = batch["image"], batch["ref"]
+        out = self.encoder(x)  # x_ref only feeds the appearance encoder
+        kp = out["keypoints"][0]
+        finest = out["features"][-1]
+        app = resize_maps(self.appearance(ref), finest.shape[-2:])
+        recon = self.decoder(torch.cat([self.heatmaps(kp, finest), app], dim=1))
+        loss = reconstruction_loss(recon, x)
+        self._last_images = {"reconstruction": recon.detach()}
+        logs = {"loss/reconstruction": float(loss.detach()), "loss/total": float(loss.detach())}
+        return loss, logs, {"keypoints": [kp.detach()]}
+
+
+class TransporterMethod(KeypointMethodBase):
+    """Per-keypoint sequential transport of Φ from x_ref to x, then reconstruction of x."""
+
+    kind: ClassVar[str] = "transporter"
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        dec = config.get("decoder", {})
+        channels = dec.get("transport_channels", [32])
+        channels = int(channels[-1] if isinstance(channels, (list, tuple)) else channels)
+        self.features = FeatureEncoder(self.encoder.fpn.out_channels, channels, int(dec.get("feature_hidden", 64)))
+        self.decoder = ImageDecoder(channels, int(dec.get("decoder_width", 64)), self.encoder.fpn.finest_stride)
+        self.stop_gradient_ref = bool(config.get("loss", {}).get("stop_gradient_ref", True))
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float], Any]:
+        x = batch["image"]
+        out_x, out_ref = self.encode_pair(batch)
+        phi_x = self.features(out_x["features"][-1])
+        phi_ref = self.features(out_ref["features"][-1])
+        kp_x, kp_ref = out_x["keypoints"][0], out_ref["keypoints"][0]
+        moved = sequential_transport(
+            phi_x, phi_ref, self.heatmaps(kp_x, phi_x), self.heatmaps(kp_ref, phi_x), self.stop_gradient_ref
+        )
+        recon = self.decoder(moved)
+        loss = reconstruction_loss(recon, x)
+        self._last_images = {"reconstruction": recon.detach()}
+        logs = {"loss/transport": float(loss.detach()), "loss/total": float(loss.detach())}
+        return loss, logs, {"keypoints": [kp_x.detach()]}
