@@ -169,7 +169,8 @@ class BagSequence(Sequence):
             reader = AnyReader([self.source], default_typestore=get_typestore(Stores.ROS2_KILTED))
             reader.open()
         except Exception as exc:  # rosbags, apsw and OSError all mean "unreadable bag" here
-            raise DataError(f"{self.source}: cannot read rosbag2: {_one_line(exc)}") from None
+            hint = " (truncated or not an mcap file?)" if "magic" in str(exc) else ""
+            raise DataError(f"{self.source}: cannot read rosbag2: {_one_line(exc)}{hint}") from None
         try:
             yield reader
         finally:
@@ -287,6 +288,9 @@ class VideoSequence(Sequence):
             cap.release()
 
     def _capture(self) -> cv2.VideoCapture:
+        # FFmpeg's own log lines ("moov atom not found") would precede our one-line error;
+        # quiet unless the user asked for a level. Read by OpenCV when a capture opens.
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         cap = cv2.VideoCapture(str(self.source))
         if not cap.isOpened():
             cap.release()
