@@ -1,0 +1,111 @@
+"""ONNX Runtime backend: the default, runs anywhere; CUDA / TensorRT execution providers when present.
+
+At load time the session's inputs and outputs are checked against the sidecar
+(names, shapes, dtypes), so a model/sidecar mismatch is one clear
+``ModelLoadError`` naming expected and found, never a shape error mid-stream.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kp_perception.backends.base import Backend
+from kp_perception.errors import ModelLoadError
+from kp_perception.sidecar import Sidecar, TensorSpec, read_sidecar, sidecar_path
+
+# Tried in this order, each only if this onnxruntime build has it.
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+# onnxruntime type strings -> numpy dtype names used in the sidecar.
+_ORT_TYPES = {
+    "tensor(uint8)": "uint8",
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+}
+
+
+def default_providers() -> list[str]:
+    """The preferred providers this onnxruntime build actually has (CPU always last)."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    return [p for p in PREFERRED_PROVIDERS if p in available] or ["CPUExecutionProvider"]
+
+
+class OnnxRuntimeBackend(Backend):
+    """An ``.onnx`` file plus its sidecar, run by an ``onnxruntime.InferenceSession``.
+
+    Args:
+        model_path: the ``.onnx`` file; its sidecar is the same path with ``.json``.
+        providers: execution providers in priority order; default :func:`default_providers`.
+        expected_kind: "pyramids" (any hierarchy kind) or "tusk"; a mismatch is a ``ModelLoadError``.
+        threads: intra-op threads (0 = onnxruntime's default, one per core).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        providers: list[str] | None = None,
+        expected_kind: str | None = None,
+        threads: int = 0,
+    ) -> None:
+        import onnxruntime as ort
+
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise ModelLoadError(f"{model_path}: model file not found")
+        self.sidecar = read_sidecar(sidecar_path(model_path), expected_kind)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = int(threads)
+        options.log_severity_level = 3
+        self.providers = list(providers) if providers else default_providers()
+        try:
+            self.session = ort.InferenceSession(str(model_path), options, providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"{model_path}: not a loadable ONNX model ({reason})") from None
+        check_session(model_path, self.session, self.sidecar)
+        self._output_names = list(self.sidecar.output_names)
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        values = self.session.run(self._output_names, {self.sidecar.input_name: batch})
+        return dict(zip(self._output_names, values, strict=True))
+
+
+def check_session(model_path: str | Path, session, sidecar: Sidecar) -> None:
+    """Compare the session's graph inputs/outputs with the sidecar's; raise naming expected and found."""
+    found_inputs = tuple(_spec(arg) for arg in session.get_inputs())
+    found_outputs = tuple(_spec(arg) for arg in session.get_outputs())
+    check_specs(model_path, "inputs", sidecar.inputs, found_inputs)
+    check_specs(model_path, "outputs", sidecar.outputs, found_outputs)
+
+
+def check_specs(
+    model_path: str | Path, what: str, expected: tuple[TensorSpec, ...], found: tuple[TensorSpec, ...]
+) -> None:
+    """Names, dtypes and shapes must match; a symbolic dim matches any symbolic dim."""
+
+    def normal(spec: TensorSpec) -> tuple:
+        return spec.name, spec.dtype, tuple("?" if isinstance(d, str) else d for d in spec.shape)
+
+    if [normal(s) for s in expected] != [normal(s) for s in found]:
+        raise ModelLoadError(
+            f"{model_path}: graph {what} do not match the sidecar: expected {_describe(expected)}, "
+            f"found {_describe(found)}"
+        )
+
+
+def _spec(arg) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) else str(d) for d in arg.shape)
+    return TensorSpec(arg.name, shape, _ORT_TYPES.get(arg.type, arg.type))
+
+
+def _describe(specs: tuple[TensorSpec, ...]) -> str:
+    return ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in specs) or "(none)"
