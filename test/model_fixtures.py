@@ -8,11 +8,15 @@ small so an export takes seconds on a shared 2-core CPU.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 # Model configs per kind: real encoders, small widths. Unknown kinds fall back to the encoder defaults.
 SMALL_MODEL_CONFIGS: dict[str, dict[str, Any]] = {
+    "pyramids": {"keypoints_per_level": [4, 8], "fpn_channels": 16, "width": 8, "head_channels": 16},
+    "keynet": {"keypoints_per_level": [8], "fpn_channels": 16, "width": 8, "head_channels": 16},
+    "transporter": {"keypoints_per_level": [8], "fpn_channels": 16, "width": 8, "head_channels": 16},
     "tusk": {"num_keypoints": 3, "num_prototypes": 8, "nms_window": 9, "width": 8, "descriptor_dim": 8},
 }
 
@@ -34,10 +38,25 @@ def make_checkpoint(kind: str, out_dir: Path, image_size: int | tuple[int, int] 
     return path
 
 
+# (kind, image_size) -> an exported .onnx from earlier in this process; export costs ~5-10 s CPU,
+# so later calls copy the same files (the weights are seeded, so they are identical anyway).
+_EXPORTED: dict[tuple[str, int], Path] = {}
+
+
 def make_model(kind: str, out_dir: Path, image_size: int = 64) -> Path:
-    """Initial-weights ``kind`` model exported to ``out_dir/<kind>.onnx`` (+ ``<kind>.json`` sidecar)."""
+    """Initial-weights ``kind`` model exported to ``out_dir/<kind>.onnx`` (+ ``<kind>.json`` sidecar, ``<kind>.pt``)."""
     from training.export import export_checkpoint
 
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cached = _EXPORTED.get((kind, image_size))
+    suffixes = (".onnx", ".json", ".pt")
+    if cached is not None and all(cached.with_suffix(s).is_file() for s in suffixes):
+        if cached.parent.resolve() != out_dir.resolve():
+            for suffix in suffixes:
+                shutil.copy2(cached.with_suffix(suffix), out_dir / f"{kind}{suffix}")
+        return out_dir / f"{kind}.onnx"
     checkpoint = make_checkpoint(kind, out_dir, image_size)
-    return export_checkpoint(checkpoint, out_dir / f"{kind}.onnx").onnx_path
+    onnx_path = export_checkpoint(checkpoint, out_dir / f"{kind}.onnx").onnx_path
+    _EXPORTED[(kind, image_size)] = onnx_path
+    return onnx_path

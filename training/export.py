@@ -7,10 +7,11 @@ not re-implemented per backend.
 
 Choices, written down:
 
-* TorchScript-based ``torch.onnx.export`` (``dynamo=False``) at opset 17: it
-  emits plain opset-17 nodes (no onnxscript functions), which TensorRT 10's
-  ONNX parser reads; every op in the result is checked against
-  :data:`TENSORRT10_OPS` so an unsupported op fails at export, not on the robot.
+* The torch.export-based ``torch.onnx.export`` at opset 18 (TensorRT 10 parses
+  opsets 9-20): it folds shape arithmetic to constants, so the graph is plain
+  float32/int conv + post-processing ops. Every op in the result is checked
+  against :data:`TENSORRT10_OPS`, and every tensor type against float32/int32/
+  int64/uint8/bool, so an unsupported op fails at export, not on the robot.
 * Fixed input size (default: the training size ``config.data.image_size``),
   batch 1 unless ``dynamic_batch``.
 * After export the graph is run once with ONNX Runtime and compared with torch
@@ -21,6 +22,8 @@ Choices, written down:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -36,7 +39,7 @@ from kp_perception.sidecar import Sidecar, sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = 18
 PARITY_TOLERANCE_PX = 0.05
 
 # ONNX ops the TensorRT 10 ONNX parser supports (onnx-tensorrt docs/operators.md for 10.x),
@@ -53,6 +56,11 @@ TENSORRT10_OPS = frozenset(
     Sub Sum Tanh Tile TopK Transpose Unsqueeze Where
     """.split()
 )
+
+
+# Tensor element types TensorRT 10 handles natively (no DOUBLE: TensorRT only casts it down).
+ALLOWED_TYPE_NAMES = "FLOAT, INT32, INT64, UINT8, BOOL"
+ALLOWED_TENSOR_TYPES = frozenset({1, 6, 7, 2, 9})  # onnx.TensorProto FLOAT, INT32, INT64, UINT8, BOOL
 
 
 class ExportError(KpPerceptionError):
@@ -144,6 +152,13 @@ def export_graph_from_checkpoint(
 
 
 def _torch_export(graph, sidecar: Sidecar, path: Path, opset: int, dynamic_batch: bool) -> None:
+    """torch.export-based ``torch.onnx.export`` (torch's default exporter since 2.9).
+
+    Chosen over the TorchScript exporter because it folds shape arithmetic into
+    constants: the TorchScript exporter turned the encoders' shape-dependent
+    ``linspace`` into Range/Cast-to-double chains, which TensorRT supports only
+    partially. Its progress prints and registry warnings are silenced.
+    """
     import torch
 
     example = torch.zeros(1, sidecar.input_height, sidecar.input_width, 3, dtype=torch.uint8)
@@ -153,19 +168,29 @@ def _torch_export(graph, sidecar: Sidecar, path: Path, opset: int, dynamic_batch
         for spec in sidecar.outputs:
             if spec.shape and spec.shape[0] == "batch":
                 dynamic_axes[spec.name] = {0: "batch"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-        torch.onnx.export(
-            graph,
-            (example,),
-            str(path),
-            input_names=[sidecar.input_name],
-            output_names=list(sidecar.output_names),
-            opset_version=opset,
-            dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                graph,
+                (example,),
+                str(path),
+                input_names=[sidecar.input_name],
+                output_names=list(sidecar.output_names),
+                opset_version=opset,
+                dynamic_axes=dynamic_axes,
+                dynamo=True,
+                optimize=True,
+                external_data=False,
+            )
+    except Exception as exc:  # torch.export raises many types; the first line says which op/shape
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"torch.onnx.export failed for {sidecar.kind}: {reason}") from None
+    finally:
+        onnx_logger.setLevel(level)
 
 
 def _check_graph(path: Path, sidecar: Sidecar) -> None:
@@ -183,6 +208,15 @@ def _check_graph(path: Path, sidecar: Sidecar) -> None:
         raise ExportError(
             f"{sidecar.kind} graph uses ops outside the TensorRT 10 list: {', '.join(unsupported + foreign)}"
         )
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
+    bad = sorted({
+        onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type)
+        for v in values
+        if v.type.tensor_type.elem_type not in ALLOWED_TENSOR_TYPES
+    })
+    if bad:
+        raise ExportError(f"{sidecar.kind} graph has tensors of type {', '.join(bad)}, expected only {ALLOWED_TYPE_NAMES}")
 
 
 def graph_ops(path: str | Path) -> set[str]:
@@ -197,11 +231,17 @@ def _parity(graph, sidecar: Sidecar, path: Path) -> float:
     import onnxruntime as ort
     import torch
 
+    from kp_perception.backends.onnxruntime_backend import check_session
+
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (1, sidecar.input_height, sidecar.input_width, 3), dtype=np.uint8)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        check_session(path, session, sidecar)
+    except ModelLoadError as exc:
+        raise ExportError(str(exc)) from None
     onnx_kp = session.run(["keypoints"], {sidecar.input_name: frame})[0]
     with torch.inference_mode():
         torch_kp = graph(torch.from_numpy(frame))[0].numpy()

@@ -35,7 +35,7 @@ class InferenceGraph(nn.Module):
       tusk: keypoints B×K×2 px, scores B×K, descriptors B×K×C, prototype_ids B×K int32, distances B×K.
 
     Integer outputs are int32 (native everywhere in TensorRT). ``parents`` and
-    ``levels`` are constants tied to the input by a no-op add, because a
+    ``levels`` are constants tied to the input by a no-op add (buffers named apart from the outputs), because a
     graph output that is a bare initializer is rejected by some runtimes.
     """
 
@@ -49,8 +49,8 @@ class InferenceGraph(nn.Module):
             levels = torch.tensor(
                 [lvl for lvl, size in enumerate(encoder.level_sizes) for _ in range(size)], dtype=torch.int32
             )
-            self.register_buffer("parents", parents)
-            self.register_buffer("levels", levels)
+            self.register_buffer("parent_table", parents)
+            self.register_buffer("level_table", levels)
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         images = image.permute(0, 3, 1, 2).to(torch.float32) / 255.0
@@ -59,7 +59,7 @@ class InferenceGraph(nn.Module):
         scores = out["scores"]
         if self.kind in HIERARCHY_KINDS:
             zero = (scores[0] > 2.0).to(torch.int32)  # always 0, but data-dependent so not folded away
-            return keypoints, scores, self.parents + zero, self.levels + zero
+            return keypoints, scores, self.parent_table + zero, self.level_table + zero
         return (
             keypoints,
             scores,
