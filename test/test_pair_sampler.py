@@ -85,3 +85,12 @@ def test_invalid_arguments_are_config_errors():
         PairSampler([4, 0])
     with pytest.raises(ConfigError, match="rank 2 outside world size 2"):
         PairSampler([4], rank=2, world_size=2)
+
+
+def test_single_draws_follow_the_same_window_rule():
+    sampler = PairSampler([1, 50], max_ref_gap=4, seed=0)
+    assert sampler.draw_reference(0, 0, 0.7) == 0
+    refs = {sampler.draw_reference(1, 2, u) for u in np.linspace(0, 0.999, 200)}
+    assert refs == {0, 1, 3, 4, 5, 6}
+    refs = {sampler.draw_reference(1, 49, u) for u in np.linspace(0, 0.999, 200)}
+    assert refs == {45, 46, 47, 48}

@@ -13,10 +13,16 @@ Typical use::
     for epoch in ...:
         train.set_epoch(epoch)
 
-Passing ``sampler=train.pair_sampler`` gives the shuffled, DDP-sharded
-(seq, frame, ref) order. An integer index also works (frame g of the
-concatenated sequences with that epoch's reference), so a plain DataLoader
-with ``shuffle=True`` still yields valid pairs.
+Two ways to index a FramePairDataset:
+
+- a (seq, frame, ref) tuple, as yielded by ``sampler=train.pair_sampler``:
+  the shuffled, DDP-sharded order whose references are fixed by (seed, epoch);
+- an integer g (frame g of the concatenated sequences), as from a plain
+  DataLoader or the trainer's own sharded stream: the reference is drawn
+  afresh on each access with torch's global generator (which DataLoader
+  seeds per worker and the trainer per item), by the same rule as the
+  sampler's. A fresh draw, not "that epoch's reference", so that x is paired
+  with a new x_ref each time it is visited whoever does the shuffling.
 """
 
 from __future__ import annotations
@@ -137,7 +143,8 @@ class FramePairDataset(Dataset):
         if isinstance(index, tuple | list | np.ndarray | torch.Tensor) and len(index) == 3:
             seq, frame, ref = (int(v) for v in index)
         else:
-            seq, frame, ref = self.pair_sampler.pair_for(*self._frame_index.locate(int(index)))
+            seq, frame = self._frame_index.locate(int(index))
+            ref = self.pair_sampler.draw_reference(seq, frame, float(torch.rand(())))
         frames = self.frames[seq]
         return {
             "image": to_tensor(frames[frame]),

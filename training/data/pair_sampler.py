@@ -83,17 +83,26 @@ class PairSampler:
         if self._cached is not None and self._cached[0] == epoch:
             return self._cached[1]
         frame = np.arange(self.total, dtype=np.int64) - self.offsets[self.seq_of]
-        length = np.asarray(self.sequence_lengths, dtype=np.int64)[self.seq_of]
+        u = np.random.default_rng([self.seed, epoch, 0]).random(self.total)
+        ref = self._reference_from_uniform(self.seq_of, frame, u)
+        self._cached = (epoch, ref)
+        return ref
+
+    def _reference_from_uniform(self, seq: np.ndarray, frame: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """The reference for uniform draws ``u`` in [0, 1): uniform over the window without the frame."""
+        length = np.asarray(self.sequence_lengths, dtype=np.int64)[seq]
         lo = np.maximum(0, frame - self.max_ref_gap)
         hi = np.minimum(length - 1, frame + self.max_ref_gap)
         # Candidates are lo..hi without the frame itself: draw among (hi - lo) of them, skip over frame.
         choices = hi - lo
-        u = np.random.default_rng([self.seed, epoch, 0]).random(self.total)
         ref = lo + np.minimum((u * choices).astype(np.int64), np.maximum(choices - 1, 0))
         ref = np.where(ref >= frame, ref + 1, ref)
-        ref = np.where(choices == 0, frame, ref)  # one-frame sequence: the frame is its own reference
-        self._cached = (epoch, ref)
-        return ref
+        return np.where(choices == 0, frame, ref)  # one-frame sequence: the frame is its own reference
+
+    def draw_reference(self, seq_idx: int, frame_idx: int, u: float) -> int:
+        """A reference for (seq_idx, frame_idx) from one uniform draw ``u`` in [0, 1) (same rule as epochs)."""
+        ref = self._reference_from_uniform(np.array([seq_idx]), np.array([frame_idx]), np.array([u]))
+        return int(ref[0])
 
     def pairs(self, epoch: int | None = None) -> np.ndarray:
         """This rank's pairs for ``epoch`` as an M×3 int64 array (seq_idx, frame_idx, ref_idx)."""
