@@ -416,7 +416,7 @@ def _open_path(path: Path, image_topic: str | None, top: bool) -> list[Sequence]
     return sequences
 
 
-def open_sequences(paths: Iterable[str | Path], image_topic: str | None = None) -> list[Sequence]:
+def open_sequences(paths: Iterable[str | Path] | str | Path, image_topic: str | None = None) -> list[Sequence]:
     """Open every sequence under ``paths``.
 
     A path may be a rosbag2 directory (metadata.yaml + .mcap/.db3), a single
@@ -429,6 +429,8 @@ def open_sequences(paths: Iterable[str | Path], image_topic: str | None = None) 
     otherwise ``image_topic`` must name it. Names must be unique, because
     annotations and splits refer to sequences by name.
     """
+    if isinstance(paths, str | Path):
+        paths = [paths]  # one path given bare: not an iterable of characters
     sequences: list[Sequence] = []
     seen: set[Path] = set()
     for raw in paths:

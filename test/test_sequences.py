@@ -246,3 +246,8 @@ def test_reading_never_writes_into_the_users_data(tmp_path):
         list(seq.iter_frames())
         _ = seq.encoding, seq.frame_size, seq.stamps, seq.fingerprint()
     assert tree_snapshot(root) == before
+
+
+def test_a_bare_path_is_one_path(tmp_path):
+    bag = write_bag(tmp_path / "solo", smooth_frames(2))
+    assert [s.name for s in open_sequences(str(bag))] == ["solo"]
