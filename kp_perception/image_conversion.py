@@ -143,6 +143,14 @@ def _as_bytes_array(data: Any) -> np.ndarray:
         return np.asarray(data, dtype=np.uint8).reshape(-1)
 
 
+def _cvt(pixels: np.ndarray, code: int, what: str) -> np.ndarray:
+    """cv2.cvtColor with OpenCV's exceptions turned into the project's one error type."""
+    try:
+        return cv2.cvtColor(pixels, code)
+    except cv2.error as exc:
+        raise ImageConversionError(f"OpenCV could not convert {what} ({pixels.shape}, {pixels.dtype}): {exc}") from exc
+
+
 def _raw_view(msg: Any) -> tuple[np.ndarray, _Layout]:
     """The message's pixels as an H×W×C view in native byte order (no decoding)."""
     layout = _layout(msg.encoding)
@@ -199,9 +207,9 @@ def image_to_numpy(msg: Any) -> np.ndarray:
             raise ImageConversionError(
                 f"{msg.encoding} demosaicing needs at least 3x3 pixels, got {view.shape[1]}x{view.shape[0]}"
             )
-        return cv2.cvtColor(np.ascontiguousarray(view[:, :, 0]), layout.cv_code)
+        return _cvt(np.ascontiguousarray(view[:, :, 0]), layout.cv_code, msg.encoding)
     if layout.order == "yuv":
-        return cv2.cvtColor(np.ascontiguousarray(view), layout.cv_code)
+        return _cvt(np.ascontiguousarray(view), layout.cv_code, msg.encoding)
     return view[:, :, 0] if layout.channels == 1 else view
 
 
@@ -227,11 +235,11 @@ def _channels_to_rgb(pixels: np.ndarray, bgr: bool, encoding: str) -> np.ndarray
     """H×W or H×W×{1,3,4} uint8 -> fresh H×W×3 uint8 RGB."""
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
     if channels == 1:
-        return cv2.cvtColor(np.ascontiguousarray(pixels.reshape(pixels.shape[:2])), cv2.COLOR_GRAY2RGB)
+        return _cvt(np.ascontiguousarray(pixels.reshape(pixels.shape[:2])), cv2.COLOR_GRAY2RGB, encoding)
     if channels == 3:
-        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB) if bgr else np.array(pixels, order="C", copy=True)
+        return _cvt(pixels, cv2.COLOR_BGR2RGB, encoding) if bgr else np.array(pixels, order="C", copy=True)
     if channels == 4:
-        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB)
+        return _cvt(pixels, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB, encoding)
     raise ImageConversionError(f"encoding {encoding!r} has {channels} channels; no RGB conversion")
 
 
@@ -274,7 +282,10 @@ def compressed_to_rgb8(msg: Any) -> np.ndarray:
     buf = _as_bytes_array(msg.data)
     if buf.size == 0:
         raise ImageConversionError(f"CompressedImage (format {fmt!r}) has empty data")
-    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        decoded = None
     if decoded is None or decoded.size == 0:
         raise ImageConversionError(
             f"undecodable compressed data: {buf.size} bytes with format {fmt!r} are not a valid image"

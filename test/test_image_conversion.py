@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -276,10 +277,12 @@ def test_rgb8_output_is_an_owned_writable_copy():
     np.testing.assert_array_equal(image_to_rgb8(msg), frame)
 
 
-def test_data_given_as_a_plain_list_is_accepted():
-    msg = make_image("rclpy", "mono8", 1, 3, 3, bytes([1, 2, 3]))
-    msg.data = [4, 5, 6]
+@pytest.mark.parametrize("data", [[4, 5, 6], bytes([4, 5, 6]), memoryview(bytes([4, 5, 6]))])
+def test_any_message_like_object_with_list_or_bytes_data_is_accepted(data):
+    msg = SimpleNamespace(height=1, width=3, encoding="mono8", is_bigendian=0, step=3, data=data)
     np.testing.assert_array_equal(image_to_numpy(msg), [[4, 5, 6]])
+    rgb = image_to_rgb8(msg)
+    assert rgb.flags.writeable and rgb[0, 2].tolist() == [6, 6, 6]
 
 
 # --- Compressed ------------------------------------------------------------------------------------
