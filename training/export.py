@@ -99,14 +99,23 @@ def export_checkpoint(
     opset: int = DEFAULT_OPSET,
     engine_path: str | Path | None = None,
     fp16: bool = False,
+    progress: bool = False,
 ) -> ExportResult:
     """Checkpoint -> ONNX + sidecar (+ TensorRT engine). ``image_size`` is (width, height)."""
     from kp_perception.checkpoint import load_checkpoint
 
+    if engine_path is not None:
+        # Fail before the slow export when the engine cannot be built here.
+        from kp_perception.backends.tensorrt_backend import require_tensorrt_gpu
+
+        try:
+            require_tensorrt_gpu()
+        except ModelLoadError as exc:
+            raise ExportError(f"--engine {engine_path}: {exc}") from None
     checkpoint = load_checkpoint(checkpoint_path)
     result = export_graph_from_checkpoint(
         checkpoint, onnx_path, image_size=image_size, dynamic_batch=dynamic_batch, opset=opset,
-        source=checkpoint_path,
+        source=checkpoint_path, progress=progress,
     )
     if engine_path is not None:
         from kp_perception.backends.tensorrt_backend import build_engine_for_onnx
@@ -125,8 +134,11 @@ def export_graph_from_checkpoint(
     dynamic_batch: bool = False,
     opset: int = DEFAULT_OPSET,
     source: str | Path = "checkpoint",
+    progress: bool = False,
 ) -> ExportResult:
     """Checkpoint dict -> ONNX file + sidecar next to it; returns paths, sidecar and parity error."""
+    from tqdm import tqdm
+
     from kp_perception.backends.torch_backend import describe, graph_from_checkpoint
 
     if opset < 17:
@@ -138,15 +150,24 @@ def export_graph_from_checkpoint(
     fd, tmp_name = tempfile.mkstemp(prefix=f".{onnx_path.name}.", suffix=".tmp.onnx", dir=onnx_path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    bar = tqdm(total=4, desc="export", unit="step", disable=not progress)
     try:
+        bar.set_postfix_str("torch.onnx.export")
         _torch_export(graph, sidecar, tmp, opset, dynamic_batch)
+        bar.update()
+        bar.set_postfix_str("onnx.checker + TensorRT op list")
         _check_graph(tmp, sidecar)
+        bar.update()
+        bar.set_postfix_str("onnxruntime vs torch parity")
         error_px = _parity(graph, sidecar, tmp)
+        bar.update()
         os.replace(tmp, onnx_path)
+        side = sidecar_path(onnx_path)
+        write_sidecar(side, sidecar)
+        bar.update()
     finally:
         tmp.unlink(missing_ok=True)
-    side = sidecar_path(onnx_path)
-    write_sidecar(side, sidecar)
+        bar.close()
     log.info("exported %s (%s, %dx%d), parity %.2e px", onnx_path, sidecar.kind, width, height, error_px)
     return ExportResult(onnx_path, side, sidecar, error_px)
 

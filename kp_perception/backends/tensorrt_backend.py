@@ -174,6 +174,12 @@ def _cuda_driver():
     return cuda
 
 
+def require_tensorrt_gpu() -> None:
+    """Raise ``ModelLoadError`` unless tensorrt, pycuda and a CUDA GPU are all present."""
+    _import_tensorrt()
+    _cuda_driver()
+
+
 def current_key(onnx_path: str | Path, fp16: bool, device: int = 0) -> EngineKey:
     """The key an engine for ``onnx_path`` must have on this machine (imports tensorrt and pycuda)."""
     trt = _import_tensorrt()

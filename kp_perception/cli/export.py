@@ -1,0 +1,73 @@
+"""``kp-perception export RUN --onnx FILE [--engine FILE --fp16]``: a trained encoder -> ONNX + sidecar.
+
+RUN is a training run directory (``best.pt``, falling back to ``last.pt``) or a
+``.pt`` checkpoint. torch and ``training`` are imported inside :func:`run` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    sub = subparsers.add_parser(
+        "export",
+        help="export a trained encoder to ONNX (+ sidecar JSON, + optional TensorRT engine)",
+        description=(
+            "Export RUN's encoder to ONNX with in-graph pre/post-processing (uint8 RGB NHWC in, "
+            "keypoints in model-input pixels out) and write FILE's sidecar JSON next to it."
+        ),
+    )
+    sub.add_argument("run", metavar="RUN", type=Path, help="training run directory or a .pt checkpoint")
+    sub.add_argument("--onnx", required=True, type=Path, metavar="FILE", help="ONNX file to write")
+    sub.add_argument("--engine", type=Path, metavar="FILE", help="also build a TensorRT engine (needs tensorrt + GPU)")
+    sub.add_argument("--fp16", action="store_true", help="build the TensorRT engine with FP16 enabled")
+    sub.add_argument(
+        "--checkpoint", choices=("best", "last"), default="best",
+        help="which checkpoint of RUN (default: best, falling back to last)",
+    )
+    sub.add_argument(
+        "--image-size", nargs=2, type=int, metavar=("W", "H"),
+        help="model input size (default: the training size from the checkpoint config)",
+    )
+    sub.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension (default: batch 1)")
+    sub.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kp_perception.errors import ConfigError
+
+    if args.fp16 and args.engine is None:
+        raise ConfigError("--fp16 applies to the TensorRT engine; give --engine FILE too")
+    if args.image_size is not None and min(args.image_size) < 8:
+        raise ConfigError(f"--image-size {args.image_size[0]} {args.image_size[1]}: expected both >= 8 pixels")
+    if args.onnx.suffix.lower() != ".onnx":
+        raise ConfigError(f"--onnx {args.onnx}: expected a .onnx file name")
+
+    from training.export import export_checkpoint, resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.run, args.checkpoint)
+    print(f"exporting {checkpoint} -> {args.onnx}", flush=True)
+    result = export_checkpoint(
+        checkpoint,
+        args.onnx,
+        image_size=tuple(args.image_size) if args.image_size else None,
+        dynamic_batch=args.dynamic_batch,
+        engine_path=args.engine,
+        fp16=args.fp16,
+        progress=True,
+    )
+    summary = {
+        "onnx": str(result.onnx_path),
+        "sidecar": str(result.sidecar_path),
+        "engine": str(result.engine_path) if result.engine_path else None,
+        "kind": result.sidecar.kind,
+        "input_size": [result.sidecar.input_width, result.sidecar.input_height],
+        "outputs": {s.name: list(s.shape) for s in result.sidecar.outputs},
+        "opset": result.sidecar.opset,
+        "parity_max_error_px": result.max_parity_error_px,
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
