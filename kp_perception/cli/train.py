@@ -1,0 +1,82 @@
+"""``kp-perception train {pyramids,tusk,keynet,transporter}``: train a model into a run directory.
+
+The loop is ``training.trainer.train`` (imported inside :func:`run`, so
+``kp-perception --help`` imports no torch). Running the same command on the
+same ``--out`` again resumes from ``RUN/last.pt``; under ``torchrun`` every
+rank runs this command and rank 0 writes the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+KINDS = ("pyramids", "tusk", "keynet", "transporter")
+
+
+def add_parser(subparsers) -> None:
+    sub = subparsers.add_parser(
+        "train",
+        help="train Keypoint Pyramids, TUSK or a flat KeyNet/Transporter baseline",
+        description=(
+            "Train a model on bags, videos, image folders or multi-object folders. RUN/ receives config.yaml "
+            "(resolved), last.pt, best.pt (lowest val loss, or lowest training-loss EMA without a val split) "
+            "and tb/ (TensorBoard scalars and images). Running it again on the same RUN resumes exactly from "
+            "last.pt; only --steps, --max-minutes and logging settings may change then. Ctrl-C/SIGTERM "
+            "stop cleanly with a checkpoint. Multi-process: torchrun --nproc_per_node N $(which kp-perception) "
+            "train ... (gloo on CPU, NCCL on GPU)."
+        ),
+    )
+    sub.add_argument("kind", choices=KINDS, help="method to train")
+    sub.add_argument("--data", nargs="+", required=True, metavar="PATH", help="training data sources")
+    sub.add_argument("--out", required=True, type=Path, metavar="RUN", help="run directory (resumed if it holds last.pt)")
+    sub.add_argument(
+        "--config", metavar="YAML",
+        help="config file or name in config/training/ (default: the kind's; on resume: the run's own config)",
+    )
+    sub.add_argument("--steps", type=int, metavar="N", help="total training steps (train.steps)")
+    sub.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=1e-3 --set model.num_keypoints=[10,20] (repeatable)",
+    )
+    sub.add_argument(
+        "--max-minutes", type=float, metavar="M",
+        help="stop cleanly (checkpoint written) after M minutes of training in this invocation (train.max_minutes)",
+    )
+    sub.add_argument("--seed", type=int, metavar="K", help="random seed (train.seed)")
+    sub.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    sub.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
+    sub.add_argument(
+        "--write-rank-hashes", action="store_true",
+        help="each rank writes RUN/rank_<r>_params.sha256 at the end (checks DDP replicas agree)",
+    )
+    sub.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kp_perception.errors import ConfigError
+
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps {args.steps}: expected >= 1")
+    if args.max_minutes is not None and args.max_minutes < 0:
+        raise ConfigError(f"--max-minutes {args.max_minutes}: expected >= 0")
+    overrides = list(args.set)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    if args.max_minutes is not None:
+        overrides.append(f"train.max_minutes={args.max_minutes}")
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+
+    from training.trainer import resolve_run_config, summary_line, train
+
+    config = resolve_run_config(args.kind, args.out, args.config, overrides)
+    summary = train(
+        args.kind, config, args.data, args.out, device=args.device,
+        progress=not args.no_progress, write_rank_hashes=args.write_rank_hashes,
+    )
+    from training import distributed
+
+    if distributed.rank() == 0 or args.write_rank_hashes:
+        print(summary_line(summary))
+    return 0
