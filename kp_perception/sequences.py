@@ -158,6 +158,8 @@ class BagSequence(Sequence):
             self.topic = self._choose_topic(image_topic)
             self.msgtype = self.all_topics[self.topic]
             self._length = sum(c.msgcount for c in reader.connections if c.topic == self.topic)
+        if self._length == 0:
+            raise DataError(f"{self.source}: image topic {self.topic} has no messages")
 
     @contextmanager
     def _open(self):

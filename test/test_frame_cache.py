@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -39,7 +41,7 @@ def test_second_load_reuses_the_cache_file(tmp_path):
     (path,) = cache_dir.glob("*.npy")
     stat = path.stat()
     second = build_frame_cache(_open_one(folder), 8, 8, cache_dir, progress=False)
-    assert list(cache_dir.iterdir()) == [path]
+    assert list(cache_dir.glob("*.npy")) == [path]
     assert (path.stat().st_ino, path.stat().st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
     np.testing.assert_array_equal(first, second)
 
@@ -93,7 +95,7 @@ def test_failed_build_leaves_neither_cache_nor_temporary_file(tmp_path):
     cache_dir = tmp_path / "cache"
     with pytest.raises(DataError, match=r"frame_0003\.png: unreadable image"):
         build_frame_cache(seq, 8, 8, cache_dir, progress=False)
-    assert list(cache_dir.iterdir()) == []
+    assert [p.suffix for p in cache_dir.iterdir()] == [".lock"]  # no cache, no temporary file
     assert FrameCache(seq, 8, 8, cache_dir).load() is None
 
 
@@ -115,3 +117,27 @@ def test_cache_dir_defaults_to_the_environment_variable(tmp_path, monkeypatch):
     assert len(list((tmp_path / "envcache").glob("f-*-8x8.npy"))) == 1
     monkeypatch.delenv("KP_PERCEPTION_CACHE")
     assert default_cache_dir().parts[-3:] == (".cache", "kp_perception", "frames")
+
+
+_BUILD_IN_CHILD = """
+import sys, numpy as np
+from kp_perception.sequences import open_sequences
+from training.data.frame_cache import build_frame_cache
+(seq,) = open_sequences([sys.argv[1]])
+frames = build_frame_cache(seq, 16, 16, sys.argv[2], progress=False)
+print(int(np.asarray(frames, dtype=np.int64).sum()))
+"""
+
+
+@pytest.mark.timeout(90)
+def test_concurrent_builders_share_one_complete_cache(tmp_path):
+    bag = write_bag(tmp_path / "ep", smooth_frames(40, 48, 64), storage="mcap", encoding="png")
+    cache_dir = tmp_path / "cache"
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILD_IN_CHILD, str(bag), str(cache_dir)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=80) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    sums = {out.strip() for out, _ in results}
+    expected = build_frame_cache(_open_one(bag), 16, 16, cache_dir, progress=False)
+    assert sums == {str(int(np.asarray(expected, dtype=np.int64).sum()))}
+    assert len(list(cache_dir.glob("*.npy"))) == 1 and not list(cache_dir.glob("*.tmp"))

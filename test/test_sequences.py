@@ -251,3 +251,13 @@ def test_reading_never_writes_into_the_users_data(tmp_path):
 def test_a_bare_path_is_one_path(tmp_path):
     bag = write_bag(tmp_path / "solo", smooth_frames(2))
     assert [s.name for s in open_sequences(str(bag))] == ["solo"]
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_image_topic_without_messages_is_a_clear_error(tmp_path, storage):
+    from training.data.bag_writer import BagWriter
+
+    with BagWriter(tmp_path / "silent", storage) as bag:
+        bag.declare_topic("/camera/image_raw", "sensor_msgs/msg/Image")
+    with pytest.raises(DataError, match=r"silent: image topic /camera/image_raw has no messages"):
+        open_sequences([tmp_path / "silent"])

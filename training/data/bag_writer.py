@@ -58,7 +58,8 @@ class BagWriter:
     ) -> None:
         self._writer.close()
 
-    def _connection(self, topic: str, msgtype: str):
+    def declare_topic(self, topic: str, msgtype: str):
+        """The rosbags connection of ``topic`` (created on first use; a topic may stay empty)."""
         conn = self._connections.get(topic)
         if conn is None:
             conn = self._writer.add_connection(topic, msgtype, typestore=self.typestore)
@@ -74,7 +75,7 @@ class BagWriter:
 
     def write_message(self, topic: str, msgtype: str, msg: Any, stamp_ns: int) -> None:
         """Serialise any typestore message (e.g. a CameraInfo) onto ``topic``."""
-        conn = self._connection(topic, msgtype)
+        conn = self.declare_topic(topic, msgtype)
         self._writer.write(conn, int(stamp_ns), self.typestore.serialize_cdr(msg, msgtype))
 
     def write_image(

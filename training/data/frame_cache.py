@@ -10,7 +10,10 @@ and later epochs, DataLoader workers and DDP ranks all read the same file.
   (see there for what it covers) and the size, so a changed source or another
   resolution gets a new file and is never served stale.
 - **Atomic**: written to a temporary file beside the target and renamed, so an
-  interrupted build or two ranks building at once never leave a partial cache.
+  interrupted build never leaves a partial cache. Builders of the same cache
+  file (DDP ranks on one machine, parallel runs) take an advisory lock
+  (``fcntl.flock`` on ``<cache>.lock``), so one decodes and the others wait
+  and then read its result.
 - **One resize policy**: ``kp_perception.preprocessing.resize_rgb``, as at
   inference time; mixed resolutions within a sequence are simply resized.
 
@@ -20,9 +23,12 @@ unless given explicitly. Nothing is ever written next to the user's data.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -108,10 +114,28 @@ class FrameCache:
             raise DataError(f"{self.path}: frame cache unreadable right after writing it")
         return frames
 
+    @contextmanager
+    def _build_lock(self) -> Iterator[None]:
+        """Exclusive advisory lock on ``<cache>.lock`` (released when the process dies, too)."""
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DataError(f"{self.cache_dir}: cannot use frame cache directory: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def get(self, progress: bool = True) -> np.memmap:
-        """The cached frames, building them first when needed."""
+        """The cached frames, building them first when needed (one builder at a time per file)."""
         frames = self.load()
-        return frames if frames is not None else self.build(progress)
+        if frames is not None:
+            return frames
+        with self._build_lock():
+            frames = self.load()  # another process may have built it while we waited
+            return frames if frames is not None else self.build(progress)
 
 
 def build_frame_cache(
