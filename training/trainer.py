@@ -343,6 +343,9 @@ def _train(
     _seed_all(settings.seed)
     cls = resolve_method(method_spec) if isinstance(method_spec, str) else (method_spec or resolve_method(kind))
     model = cls(config).to(device)
+    if world > 1 and device.type == "cuda":
+        # Batch statistics over all GPUs (same state-dict keys, so checkpoints are unchanged).
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     train_ds, val_ds = cls.build_datasets(config, data_paths)
     if len(train_ds) == 0:
         raise DataError(f"{', '.join(data_paths)}: no training items")
@@ -525,6 +528,11 @@ def _train(
             writer.flush()
             writer.close()
 
+    if world > 1:
+        # DDP broadcasts rank 0's buffers (BatchNorm statistics) before every forward; do it once more
+        # so every replica ends holding exactly what rank 0 saved.
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     if write_rank_hashes:
         (out / f"rank_{rank}_params.sha256").write_text(parameter_hash(model) + "\n")
     dist.barrier()

@@ -36,8 +36,8 @@ def add_parser(subparsers) -> None:
     )
     sub.add_argument("--steps", type=int, metavar="N", help="total training steps (train.steps)")
     sub.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value, e.g. --set optim.lr=1e-3 --set model.num_keypoints=[10,20] (repeatable)",
+        "--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=1e-3 model.keypoints_per_level=[10,20] (repeatable)",
     )
     sub.add_argument(
         "--max-minutes", type=float, metavar="M",
