@@ -57,30 +57,24 @@ def image_size_wh(data_config: dict) -> tuple[int, int]:
 def build_pair_datasets(config: dict, data_paths: list[str]) -> tuple[Dataset, Dataset | None]:
     """(x, x_ref) pair datasets over the frame cache, split by sequence (train, val)."""
     from training.data.datasets import FramePairDataset, load_cached_sequences
-    from training.data.pair_sampler import PairSampler
     from training.data.splits import split_sequences
 
     data = config.get("data", {})
-    width, height = image_size_wh(data)
     seed = int(config.get("train", {}).get("seed", 0))
     caches = load_cached_sequences(
-        data_paths, (width, height), image_topic=data.get("image_topic"), cache_dir=data.get("cache_dir")
+        data_paths, image_size_wh(data), image_topic=data.get("image_topic"), cache_dir=data.get("cache_dir")
     )
     val_fraction = float(data.get("val_fraction", 0.0))
     train_caches, val_caches = caches, []
     if val_fraction > 0 and len(caches) > 1:
-        names = [seq.name for seq, _ in caches]
-        splits = split_sequences(names, fractions=(1.0 - val_fraction, val_fraction), seed=seed)
-        train_names = set(splits.get("train", names))
+        splits = split_sequences([seq.name for seq, _ in caches], fractions=(1.0 - val_fraction, val_fraction), seed=seed)
+        train_names = set(splits["train"])
         train_caches = [c for c in caches if c[0].name in train_names]
         val_caches = [c for c in caches if c[0].name not in train_names]
     gap = int(data.get("max_ref_gap", 250))
-
-    def make(subset):
-        sampler = PairSampler([len(mm) for _, mm in subset], max_ref_gap=gap, seed=seed)
-        return FramePairDataset(subset, sampler)
-
-    return make(train_caches), (make(val_caches) if val_caches else None)
+    train = FramePairDataset(train_caches, max_ref_gap=gap, seed=seed)
+    val = FramePairDataset(val_caches, max_ref_gap=gap, seed=seed + 1) if val_caches else None
+    return train, val
 
 
 class KeypointMethodBase(TrainingMethod):

@@ -1,0 +1,160 @@
+"""Landmark regression (Table 1 of Keypoint Pyramids) for pyramids, keynet and transporter checkpoints.
+
+Protocol:
+- Run the encoder on every annotated frame (at the training resolution, through the
+  frame cache) and map its keypoints to ORIGINAL-frame pixels with the one
+  coordinate mapping (kp_perception.preprocessing), so errors are in the
+  annotations' pixels.
+- Split the annotated frames in two halves with a permutation fixed by ``seed``;
+  fit, per annotated landmark, a least-squares linear map (with intercept) from
+  the flattened keypoint coordinates of a set (level l, or all levels = flattened)
+  to the landmark's (x, y) on the first half; score on the second half.
+- Visibility-aware: a landmark is fitted only on frames where it is visible
+  and scored only where it is visible; invisible points are left out.
+- RMSE = sqrt(mean over scored (frame, landmark) of the squared Euclidean error), in pixels.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kp_perception.errors import DataError
+
+
+def _keypoints_in_frames(checkpoint: dict, data_paths: list[str], keys: set[tuple[str, int]], batch: int = 32):
+    """Encoder keypoints (frame pixels) for every annotated (sequence, frame): dict key -> N×2."""
+    import torch
+
+    from kp_perception.models import build_encoder
+    from kp_perception.preprocessing import model_to_frame_pixels, normalized_to_model_pixels
+    from training.data.datasets import load_cached_sequences, to_tensor
+    from training.pyramids.method import image_size_wh
+
+    config = checkpoint["config"]
+    width, height = image_size_wh(config.get("data", {}))
+    encoder = build_encoder(checkpoint["kind"], config["model"])
+    encoder.load_state_dict(checkpoint["encoder"])
+    encoder.eval()
+    data = config.get("data", {})
+    caches = load_cached_sequences(data_paths, (width, height), image_topic=data.get("image_topic"))
+    out: dict[tuple[str, int], np.ndarray] = {}
+    with torch.no_grad():
+        for seq, frames in caches:
+            wanted = sorted(f for s, f in keys if s == seq.name and 0 <= f < len(frames))
+            frame_size = seq.frame_size
+            for start in range(0, len(wanted), batch):
+                idx = wanted[start : start + batch]
+                images = torch.stack([to_tensor(frames[i]) for i in idx])
+                kps = encoder.infer(images)["keypoints"].numpy()
+                for i, kp in zip(idx, kps, strict=True):
+                    px = normalized_to_model_pixels(kp, width, height)
+                    out[(seq.name, i)] = model_to_frame_pixels(px, (width, height), frame_size)
+    return out, encoder
+
+
+def landmark_rmse(
+    features: np.ndarray, targets: np.ndarray, visible: np.ndarray, fit_rows: np.ndarray, test_rows: np.ndarray
+) -> float:
+    """Least-squares regression RMSE in pixels, per landmark, visibility-aware.
+
+    Args:
+        features: F×D (flattened keypoint coordinates per frame).
+        targets: F×P×2 landmark pixels; visible: F×P bool.
+        fit_rows, test_rows: disjoint frame indices.
+    """
+    design = np.concatenate([features, np.ones((len(features), 1))], axis=1)
+    sq_err, count = 0.0, 0
+    for p in range(targets.shape[1]):
+        fit = fit_rows[visible[fit_rows, p]]
+        test = test_rows[visible[test_rows, p]]
+        if len(fit) == 0 or len(test) == 0:
+            continue
+        coef, *_ = np.linalg.lstsq(design[fit], targets[fit, p], rcond=None)
+        err = design[test] @ coef - targets[test, p]
+        sq_err += float((err**2).sum())
+        count += len(test)
+    if count == 0:
+        raise DataError("no visible landmark in both halves of the annotated frames; cannot score")
+    return float(np.sqrt(sq_err / count))
+
+
+def evaluate(
+    checkpoint: dict, data_paths: list[str], annotations: str | None, out_dir: Path | None, seed: int = 0
+) -> dict[str, Any]:
+    """Landmark regression RMSE per level and flattened (JSON-able); writes ``landmarks.png`` into out_dir."""
+    from training.sim.annotations import read_annotations
+
+    if annotations is None:
+        raise DataError("landmark evaluation needs --annotations CSV (sequence,frame,name,x,y[,visible])")
+    rows = read_annotations(annotations)
+    if not rows:
+        raise DataError(f"{annotations}: no annotations")
+    names = sorted({a.name for a in rows})
+    keys = {(a.sequence, a.frame) for a in rows}
+    keypoints, encoder = _keypoints_in_frames(checkpoint, data_paths, keys)
+    frames = sorted(keypoints)
+    if len(frames) < 4:
+        raise DataError(
+            f"{annotations}: only {len(frames)} annotated frames found in the given data "
+            "(sequence names must match the bag/video/folder stems)"
+        )
+    index = {k: i for i, k in enumerate(frames)}
+    name_index = {n: j for j, n in enumerate(names)}
+    targets = np.zeros((len(frames), len(names), 2))
+    visible = np.zeros((len(frames), len(names)), dtype=bool)
+    for a in rows:
+        i = index.get((a.sequence, a.frame))
+        if i is not None:
+            targets[i, name_index[a.name]] = (a.x, a.y)
+            visible[i, name_index[a.name]] = a.visible
+    coords = np.stack([keypoints[k] for k in frames])  # F×N×2
+    order = np.random.default_rng(seed).permutation(len(frames))
+    fit_rows, test_rows = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
+
+    sizes = tuple(encoder.level_sizes)
+    sets: dict[str, np.ndarray] = {}
+    offset = 0
+    for level, n in enumerate(sizes):
+        sets[f"level_{level + 1}"] = coords[:, offset : offset + n].reshape(len(frames), -1)
+        offset += n
+    sets["flattened"] = coords.reshape(len(frames), -1)
+    rmse = {name: landmark_rmse(x, targets, visible, fit_rows, test_rows) for name, x in sets.items()}
+    metrics = {
+        "kind": checkpoint["kind"],
+        "level_sizes": list(sizes),
+        "rmse_px": rmse,
+        "frames": len(frames),
+        "fit_frames": len(fit_rows),
+        "test_frames": len(test_rows),
+        "landmarks": len(names),
+        "visible_fraction": float(visible.mean()),
+        "seed": seed,
+    }
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _plot(rmse, checkpoint["kind"], out_dir / "landmarks.png")
+        (out_dir / "landmarks.json").write_text(json.dumps(metrics, indent=2))
+        metrics["plot"] = str(out_dir / "landmarks.png")
+    return metrics
+
+
+def _plot(rmse: dict[str, float], kind: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.bar(list(rmse), list(rmse.values()), color="tab:blue")
+    ax.set_ylabel("landmark RMSE (px)")
+    ax.set_title(f"{kind}: linear regression to annotations")
+    for i, v in enumerate(rmse.values()):
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
