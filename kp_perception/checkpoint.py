@@ -17,11 +17,10 @@ a checkpoint is data, never code.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from kp_perception.atomic import atomic_path
 from kp_perception.errors import ModelLoadError
 
 FORMAT = "kp_perception.checkpoint"
@@ -33,19 +32,9 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
     """Write ``checkpoint`` to ``path`` atomically, stamping the format fields."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **checkpoint}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: str | Path, expected_kind: str | None = None) -> dict[str, Any]:

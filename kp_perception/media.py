@@ -7,13 +7,14 @@ that looks finished.
 
 from __future__ import annotations
 
-import os
+from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 
 import cv2
 import numpy as np
 
+from kp_perception.atomic import atomic_path
 from kp_perception.errors import KpPerceptionError
 
 VIDEO_SUFFIXES = {".mp4": "mp4v", ".avi": "MJPG"}
@@ -31,8 +32,8 @@ class AnnotatedVideoWriter:
         suffix = self.path.suffix.lower()
         if suffix not in VIDEO_SUFFIXES and suffix != ".gif":
             raise KpPerceptionError(f"{self.path}: unsupported video type {suffix!r} (use .mp4, .avi or .gif)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.stem}.partial{suffix}")
+        self._stack = ExitStack()
+        self._tmp = self._stack.enter_context(atomic_path(self.path, suffix=suffix))
         self.fps = float(fps)
         self._size: tuple[int, int] | None = None
         self._cv_writer: cv2.VideoWriter | None = None
@@ -57,19 +58,23 @@ class AnnotatedVideoWriter:
         self.frames_written += 1
 
     def close(self) -> None:
+        """Finish the file and move it into place (nothing is written for zero frames)."""
+        if not self.frames_written:
+            self.abort()
+            return
         if self._cv_writer is not None:
             self._cv_writer.release()
-        elif self._gif_frames:
+        else:
             import imageio.v3 as iio
 
             iio.imwrite(self._tmp, self._gif_frames, extension=".gif", duration=1000.0 / self.fps, loop=0)
-        if self.frames_written:
-            os.replace(self._tmp, self.path)
+        self._stack.close()
 
     def abort(self) -> None:
+        """Drop the partial file; the target is left as it was."""
         if self._cv_writer is not None:
             self._cv_writer.release()
-        self._tmp.unlink(missing_ok=True)
+        self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
     def __enter__(self) -> AnnotatedVideoWriter:
         return self

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
-from pathlib import Path
+from contextlib import ExitStack
 
 PYRAMID_COLUMNS = ["sequence", "frame", "index", "level", "parent", "x", "y", "score"]
 TUSK_COLUMNS = ["sequence", "frame", "index", "prototype", "distance", "x", "y", "score"]
@@ -39,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from kp_perception.atomic import atomic_path
     from kp_perception.backends import load_backend
     from kp_perception.drawing import draw_detections, draw_pyramid
     from kp_perception.errors import KpPerceptionError
@@ -51,12 +51,13 @@ def run(args: argparse.Namespace) -> int:
     backend = load_backend(args.model, backend=args.backend, providers=args.providers)
     sequences = open_sequences(args.input, image_topic=args.image_topic)
 
-    video = AnnotatedVideoWriter(args.out, fps=args.fps) if args.out else None
-    csv_tmp = Path(args.csv).with_name(f".{Path(args.csv).name}.partial") if args.csv else None
-    csv_file = open(csv_tmp, "w", newline="") if csv_tmp else None  # noqa: SIM115 (closed below)
     frames = 0
-    try:
-        writer = csv.writer(csv_file) if csv_file else None
+    with ExitStack() as stack:
+        video = stack.enter_context(AnnotatedVideoWriter(args.out, fps=args.fps)) if args.out else None
+        writer = None
+        if args.csv:
+            csv_file = stack.enter_context(open(stack.enter_context(atomic_path(args.csv)), "w", newline=""))
+            writer = csv.writer(csv_file)
         hierarchy = backend.sidecar.kind != "tusk"
         if writer:
             writer.writerow(PYRAMID_COLUMNS if hierarchy else TUSK_COLUMNS)
@@ -86,18 +87,6 @@ def run(args: argparse.Namespace) -> int:
                     if video:
                         video.write(draw_detections(frame, result))
                 frames += 1
-    except BaseException:
-        if video:
-            video.abort()
-        if csv_file:
-            csv_file.close()
-            csv_tmp.unlink(missing_ok=True)
-        raise
-    if video:
-        video.close()
-    if csv_file:
-        csv_file.close()
-        os.replace(csv_tmp, args.csv)
     outputs = ", ".join(str(p) for p in (args.out, args.csv) if p)
     print(f"infer: {frames} frames from {len(sequences)} sequence(s) with {backend.name} -> {outputs}", file=sys.stderr)
     return 0
