@@ -1,0 +1,264 @@
+"""TUSK as a ``TrainingMethod``: encoder/decoder step, then prototype-only steps on detached descriptors.
+
+Per batch (reference schedule, docs/tusk.md):
+
+1. Main step (the trainer's ``optimizers["main"]``, Adam lr 1e-3, everything but
+   the prototypes): each image and a random TPS warp of it go through the
+   encoder; loss = reconstruction (both) + k-means (descriptors towards detached
+   prototypes) + equivariance of H and F under the warp.
+2. ``after_main_step``: ``prototypes.steps`` Adam steps (lr 0.1, betas (0.5, 0.999))
+   on the sliced-Wasserstein loss, using the descriptors of step 1, DETACHED.
+   The reference re-ran the encoder forward and backward in each of these steps
+   for gradients it threw away: the prototypes' loss does not depend on the
+   encoder once the descriptors are fixed, so we do not.
+
+Batches are dicts with "image" B×3×H×W in [0, 1] (plus "mask"/"index" for
+multi-object folders, ignored here).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Subset
+
+from kp_perception.errors import ConfigError, DataError
+from kp_perception.models import build_encoder
+from training.distributed import all_reduce_grads
+from training.methods import TrainingMethod
+from training.tusk.decoders import build_decoder
+from training.tusk.losses import (
+    VGGPerceptual,
+    equivariance_loss,
+    kmeans_loss,
+    perceptual_loss,
+    reconstruction_loss,
+    sliced_wasserstein_loss,
+)
+from training.tusk.tps import TPS_PRESETS, apply_tps, random_tps
+
+LOSS_DEFAULTS: dict[str, Any] = {
+    "reconstruction": 1.0,
+    "kmeans": 0.01,
+    "kmeans_sharpness": 20.0,
+    "kmeans_score_weighted": False,
+    "equivariance_heatmap": 0.01,
+    "equivariance_features": 100.0,
+    "perceptual_weight": 0.0,
+    "vgg16_weights": None,
+    "sw_projections": 100,
+    "sw_noise_std": 0.02,
+    "sw_min_score": 0.0,
+}
+PROTOTYPE_DEFAULTS: dict[str, Any] = {"steps": 8, "lr": 0.1, "betas": [0.5, 0.999]}
+
+
+def image_size_of(config: dict) -> tuple[int, int]:
+    """``data.image_size`` (int = square, or [w, h]) as (width, height)."""
+    size = config.get("data", {}).get("image_size", 35)
+    if isinstance(size, int | float):
+        return int(size), int(size)
+    if isinstance(size, list | tuple) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    raise ConfigError(f"data.image_size must be an int or [width, height], got {size!r}")
+
+
+class TuskMethod(TrainingMethod):
+    """TUSK: encoder (robot side) + decoder + losses + alternating prototype steps."""
+
+    kind = "tusk"
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        self.encoder = build_encoder("tusk", config.get("model", {}))
+        dec = dict(config.get("decoder", {"kind": "rgba"}))
+        self.decoder_kind = dec.pop("kind", "rgba")
+        self.decoder = build_decoder(self.decoder_kind, self.encoder.descriptor_dim, **dec)
+        self.loss_cfg = {**LOSS_DEFAULTS, **config.get("loss", {})}
+        unknown = sorted(set(self.loss_cfg) - set(LOSS_DEFAULTS))
+        if unknown:
+            raise ConfigError(f"unknown config key 'loss.{unknown[0]}' (known: {', '.join(LOSS_DEFAULTS)})")
+        self.proto_cfg = {**PROTOTYPE_DEFAULTS, **config.get("prototypes", {})}
+        data = config.get("data", {})
+        tps = data.get("tps", "multi_object")
+        self.tps_cfg = dict(TPS_PRESETS[tps]) if isinstance(tps, str) else dict(tps)
+        self.image_padding = data.get("tps_padding", "zeros")
+        weight = float(self.loss_cfg["perceptual_weight"])
+        self.vgg = VGGPerceptual(self.loss_cfg["vgg16_weights"]) if weight > 0 else None
+
+    # ----------------------------------------------------------------- data
+    @classmethod
+    def build_datasets(cls, config: dict, data_paths: list[str]) -> tuple[Dataset, Dataset | None]:
+        """Multi-object folders (images/, masks/, objects.csv) or any frame source (bags, videos, folders).
+
+        The last ``data.val_fraction`` of the items (by index, fixed) is the validation split.
+        """
+        if not data_paths:
+            raise DataError("tusk: no --data paths given")
+        width, height = image_size_of(config)
+        datasets = []
+        for p in data_paths:
+            path = Path(p)
+            if (path / "images").is_dir() and (path / "masks").is_dir():
+                from training.data.multi_object import MultiObjectDataset
+
+                datasets.append(MultiObjectDataset(path, size=(width, height)))
+            else:
+                from training.data.datasets import FrameDataset, load_cached_sequences
+
+                cached = load_cached_sequences(
+                    [path], (width, height), image_topic=config.get("data", {}).get("image_topic")
+                )
+                datasets.append(FrameDataset([c for _, c in cached]))
+        full = datasets[0] if len(datasets) == 1 else torch.utils.data.ConcatDataset(datasets)
+        n = len(full)
+        n_val = int(round(n * float(config.get("data", {}).get("val_fraction", 0.0))))
+        if n_val <= 0 or n - n_val <= 0:
+            return full, None
+        return Subset(full, range(n - n_val)), Subset(full, range(n - n_val, n))
+
+    def images_in_batch(self, batch: dict[str, Tensor]) -> int:
+        return int(batch["image"].shape[0])
+
+    # ----------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """"main": Adam over encoder (without prototypes) + decoder; "prototypes": Adam over the prototypes."""
+        optim = self.config.get("optim", {})
+        main_params = [p for n, p in self.named_parameters() if n != "encoder.prototypes" and p.requires_grad]
+        betas = tuple(float(b) for b in self.proto_cfg["betas"])
+        return {
+            "main": torch.optim.Adam(
+                main_params, lr=float(optim.get("lr", 1e-3)), weight_decay=float(optim.get("weight_decay", 0.0))
+            ),
+            "prototypes": torch.optim.Adam([self.encoder.prototypes], lr=float(self.proto_cfg["lr"]), betas=betas),
+        }
+
+    def encode_and_decode(self, images: Tensor) -> dict[str, Tensor]:
+        """Encoder then decoder on B×3×H×W images: the encoder's outputs plus "reconstruction" (and "alpha")."""
+        enc = self.encoder(images)
+        dec = self.decoder(enc["keypoints"], enc["scores"], enc["descriptors"], tuple(images.shape[-2:]))
+        return {**enc, **dec}
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float], Any]:
+        images = batch["image"]
+        b = images.shape[0]
+        warp = random_tps(b, **self.tps_cfg, device=images.device)
+        warped = apply_tps(images, warp, padding_mode=self.image_padding)
+        out = self.encode_and_decode(torch.cat([images, warped], dim=0))
+        target = torch.cat([images, warped], dim=0)
+        cfg = self.loss_cfg
+
+        rec = reconstruction_loss(out["reconstruction"], target)
+        loss = cfg["reconstruction"] * rec
+        logs = {"loss/reconstruction": float(rec)}
+        if self.vgg is not None:
+            per = perceptual_loss(self.vgg, out["reconstruction"], target)
+            loss = loss + cfg["perceptual_weight"] * per
+            logs["loss/perceptual"] = float(per)
+        weights = out["scores"].detach() if cfg["kmeans_score_weighted"] else None
+        km = kmeans_loss(out["descriptors"], self.encoder.normalized_prototypes(), cfg["kmeans_sharpness"], weights)
+        eq_h = equivariance_loss(out["heatmap"][:b], out["heatmap"][b:], warp)
+        eq_f = equivariance_loss(out["features"][:b], out["features"][b:], warp)
+        loss = loss + cfg["kmeans"] * km + cfg["equivariance_heatmap"] * eq_h + cfg["equivariance_features"] * eq_f
+        logs.update(
+            {
+                "loss/kmeans": float(km),
+                "loss/equivariance_heatmap": float(eq_h),
+                "loss/equivariance_features": float(eq_f),
+                "keypoints/mean_score": float(out["scores"].mean()),
+            }
+        )
+        extra = {"descriptors": out["descriptors"].detach(), "scores": out["scores"].detach()}
+        return loss, logs, extra
+
+    def after_main_step(self, batch: dict[str, Tensor], extra: Any, optimizers: dict) -> dict[str, float]:
+        """``prototypes.steps`` sliced-Wasserstein steps on the detached descriptors of the main step."""
+        desc = extra["descriptors"].reshape(-1, extra["descriptors"].shape[-1])
+        keep = extra["scores"].reshape(-1) >= float(self.loss_cfg["sw_min_score"])
+        desc = desc[keep]
+        if desc.shape[0] < 2:
+            return {}
+        opt = optimizers["prototypes"]
+        protos = self.encoder.prototypes
+        value = 0.0
+        for _ in range(int(self.proto_cfg["steps"])):
+            opt.zero_grad(set_to_none=True)
+            sw = sliced_wasserstein_loss(
+                desc, protos, int(self.loss_cfg["sw_projections"]), float(self.loss_cfg["sw_noise_std"])
+            )
+            sw.backward()
+            all_reduce_grads([protos])
+            opt.step()
+            value = float(sw)
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():  # keep the stored parameter on the unit sphere, as it is used
+            protos.copy_(torch.nn.functional.normalize(protos, dim=1))
+        return {"loss/sliced_wasserstein": value}
+
+    # ----------------------------------------------------------------- TensorBoard
+    @torch.no_grad()
+    def log_images(self, writer: Any, batch: dict[str, Tensor], step: int) -> None:
+        """Detections coloured by prototype, reconstructions and (RGBA decoder) alpha-argmax masks."""
+        from kp_perception.drawing import draw_detections, palette
+
+        images = batch["image"][:4]
+        out = self.encode_and_decode(images)
+        protos = self.encoder.normalized_prototypes()
+        dist = ((out["descriptors"].unsqueeze(-2) - protos) ** 2).mean(-1)
+        ids = dist.argmin(-1)
+        h, w = images.shape[-2:]
+        rows = []
+        for i in range(images.shape[0]):
+            frame = (images[i].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+            result = detections_to_result(out["keypoints"][i], out["scores"][i], ids[i], dist[i], out["descriptors"][i], self.encoder.num_prototypes, w, h)
+            panels = [draw_detections(_upscale(frame), _scaled(result, 4)), _upscale(_to_uint8(out["reconstruction"][i]))]
+            if "alpha" in out:
+                labels = out["alpha"][i].argmax(0).cpu().numpy()
+                colours = np.concatenate([np.zeros((1, 3), np.uint8), palette(out["alpha"].shape[1] - 1)])
+                panels.append(_upscale(colours[labels]))
+            rows.append(np.concatenate(panels, axis=1))
+        writer.add_image("tusk/detections_reconstruction_masks", np.concatenate(rows, axis=0), step, dataformats="HWC")
+
+
+def detections_to_result(keypoints, scores, ids, dist, descriptors, num_prototypes: int, width: int, height: int):
+    """One image's encoder outputs (torch, K×…) -> ``PrototypeDetectionResult`` in model pixels."""
+    from kp_perception.preprocessing import normalized_to_model_pixels
+    from kp_perception.results import PrototypeDetectionResult
+
+    kp = keypoints.detach().cpu().numpy()
+    idx = ids.detach().cpu().numpy().astype(np.int32)
+    d = dist.detach().cpu().numpy()
+    return PrototypeDetectionResult(
+        xy=normalized_to_model_pixels(kp, width, height),
+        scores=scores.detach().cpu().numpy().astype(np.float32),
+        prototypes=idx,
+        distances=(d[np.arange(len(idx)), idx] if d.ndim == 2 else d).astype(np.float32),
+        descriptors=descriptors.detach().cpu().numpy().astype(np.float32),
+        num_prototypes=int(num_prototypes),
+        image_width=int(width),
+        image_height=int(height),
+    )
+
+
+def _to_uint8(image: Tensor) -> np.ndarray:
+    return (image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def _upscale(frame: np.ndarray, factor: int = 4) -> np.ndarray:
+    """Nearest-neighbour enlargement so 35 px images are readable in TensorBoard."""
+    return np.ascontiguousarray(frame.repeat(factor, axis=0).repeat(factor, axis=1))
+
+
+def _scaled(result, factor: int):
+    from dataclasses import replace
+
+    return replace(
+        result,
+        xy=(result.xy + 0.5) * factor - 0.5,
+        image_width=result.image_width * factor,
+        image_height=result.image_height * factor,
+    )
