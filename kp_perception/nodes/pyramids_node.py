@@ -1,11 +1,47 @@
-"""Placeholder until the ROS 2 nodes issue lands."""
+"""``pyramids_node``: camera images in, Keypoint Pyramids hierarchies out (``KeypointPyramid``).
+
+Thin on purpose: everything but the message, the conversion and the drawing
+lives in :mod:`kp_perception.nodes.base`. Accepts any hierarchy model
+(pyramids, keynet, transporter). Topics (relative, so a namespace applies):
+``image`` or ``image/compressed`` in; ``keypoints``, ``keypoints_flat``,
+``debug_image`` and ``/diagnostics`` out.
+"""
+
+from __future__ import annotations
 
 import sys
 
+import numpy as np
+from std_msgs.msg import Float32MultiArray, Header
 
-def main() -> int:
-    print("pyramids_node: not implemented yet", file=sys.stderr)
-    return 1
+from kp_perception.drawing import draw_pyramid
+from kp_perception.nodes.base import KeypointNode, run_node
+from kp_perception.results import KeypointPyramidResult
+from kp_perception.ros_conversion import pyramid_to_flat, pyramid_to_msg, threshold_pyramid
+from kp_perception_msgs.msg import KeypointPyramid
+
+
+class PyramidsNode(KeypointNode):
+    node_name = "pyramids_node"
+    expected_kind = "pyramids"
+    message_type = KeypointPyramid
+    default_output_topic = "keypoints"
+
+    def threshold_result(self, result: KeypointPyramidResult, threshold: float) -> KeypointPyramidResult:
+        return threshold_pyramid(result, threshold)
+
+    def to_message(self, result: KeypointPyramidResult, header: Header) -> KeypointPyramid:
+        return pyramid_to_msg(result, header)
+
+    def to_flat(self, result: KeypointPyramidResult) -> Float32MultiArray:
+        return pyramid_to_flat(result)
+
+    def draw(self, frame_rgb: np.ndarray, result: KeypointPyramidResult) -> np.ndarray:
+        return draw_pyramid(frame_rgb, result)
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(PyramidsNode, args)
 
 
 if __name__ == "__main__":

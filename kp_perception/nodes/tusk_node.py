@@ -1,11 +1,46 @@
-"""Placeholder until the ROS 2 nodes issue lands."""
+"""``tusk_node``: camera images in, TUSK prototype detections out (``PrototypeDetectionArray``).
+
+Thin on purpose: everything but the message, the conversion and the drawing
+lives in :mod:`kp_perception.nodes.base`. Topics (relative, so a namespace
+applies): ``image`` or ``image/compressed`` in; ``detections``,
+``detections_flat``, ``debug_image`` and ``/diagnostics`` out.
+"""
+
+from __future__ import annotations
 
 import sys
 
+import numpy as np
+from std_msgs.msg import Float32MultiArray, Header
 
-def main() -> int:
-    print("tusk_node: not implemented yet", file=sys.stderr)
-    return 1
+from kp_perception.drawing import draw_detections
+from kp_perception.nodes.base import KeypointNode, run_node
+from kp_perception.results import PrototypeDetectionResult
+from kp_perception.ros_conversion import detections_to_flat, detections_to_msg, threshold_detections
+from kp_perception_msgs.msg import PrototypeDetectionArray
+
+
+class TuskNode(KeypointNode):
+    node_name = "tusk_node"
+    expected_kind = "tusk"
+    message_type = PrototypeDetectionArray
+    default_output_topic = "detections"
+
+    def threshold_result(self, result: PrototypeDetectionResult, threshold: float) -> PrototypeDetectionResult:
+        return threshold_detections(result, threshold)
+
+    def to_message(self, result: PrototypeDetectionResult, header: Header) -> PrototypeDetectionArray:
+        return detections_to_msg(result, header)
+
+    def to_flat(self, result: PrototypeDetectionResult) -> Float32MultiArray:
+        return detections_to_flat(result)
+
+    def draw(self, frame_rgb: np.ndarray, result: PrototypeDetectionResult) -> np.ndarray:
+        return draw_detections(frame_rgb, result)
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(TuskNode, args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,493 @@
+"""Shared machinery of ``pyramids_node`` and ``tusk_node``: parameters, QoS, newest-frame worker, diagnostics.
+
+Why one base: both nodes do the same thing around a different model and
+message, and the hard parts (bounded latency, bad frames, QoS mismatches,
+clear start-up errors) must be solved once.
+
+Data flow::
+
+    image / image/compressed ──(executor thread: store newest, count drop)──► pending slot
+    worker thread: convert ─► backend.infer ─► threshold ─► publish message (+ flat, + debug image)
+    1 Hz timer: /diagnostics (rates, latency p50/p95/p99, drops, bad frames) + "no image" warning
+
+Only the newest frame is processed: the subscription callback just replaces
+the pending message (counting the replaced one as dropped) and wakes the
+worker, so a slow model drops frames instead of building a backlog.
+
+Parameters are declared once from :data:`PARAMETERS` (with descriptors) and
+read once into :class:`NodeSettings`; the score threshold and frame id can be
+changed at run time (``ros2 param set``), everything else is read-only.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import rclpy
+import rclpy.exceptions
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+    SetParametersResult,
+)
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Float32MultiArray, Header
+
+from kp_perception.errors import ConfigError, KpPerceptionError, ModelLoadError
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter: name, default (its type is the parameter's type), description, constraints."""
+
+    name: str
+    default: Any
+    description: str
+    read_only: bool = True
+    float_range: tuple[float, float] | None = None
+    int_range: tuple[int, int] | None = None
+    choices: tuple[str, ...] | None = None
+
+    def descriptor(self) -> ParameterDescriptor:
+        type_ = {
+            bool: ParameterType.PARAMETER_BOOL,
+            int: ParameterType.PARAMETER_INTEGER,
+            float: ParameterType.PARAMETER_DOUBLE,
+            str: ParameterType.PARAMETER_STRING,
+        }[type(self.default)]
+        desc = ParameterDescriptor(
+            name=self.name, type=type_, description=self.description, read_only=self.read_only
+        )
+        if self.choices:
+            desc.additional_constraints = "one of: " + ", ".join(self.choices)
+        if self.float_range:
+            desc.floating_point_range = [
+                FloatingPointRange(from_value=self.float_range[0], to_value=self.float_range[1], step=0.0)
+            ]
+        if self.int_range:
+            desc.integer_range = [
+                IntegerRange(from_value=self.int_range[0], to_value=self.int_range[1], step=0)
+            ]
+        return desc
+
+
+# The one table of parameters. Topic defaults marked "{out}" take the node's output name.
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("model_file_path", "", "Exported model: .onnx (onnxruntime), .engine/.plan (tensorrt) or .pt "
+              "(torch checkpoint); its sidecar .json must sit beside it."),
+    ParamSpec("backend", "", "Inference backend; empty = chosen by the model file's extension.",
+              choices=("", "onnxruntime", "tensorrt", "torch")),
+    ParamSpec("providers", "", "onnxruntime execution providers, comma-separated in priority order "
+              "(e.g. 'CUDAExecutionProvider,CPUExecutionProvider'); empty = the backend's default."),
+    ParamSpec("score_threshold", 0.0, "Keypoints/detections scoring below this are not published "
+              "(structured message and debug image; the flat array keeps all rows). Settable at run time.",
+              read_only=False, float_range=(0.0, 1.0)),
+    ParamSpec("image_topic", "image", "Input image topic (remap it or set it). With compressed_input the "
+              "node subscribes to '<image_topic>/compressed'."),
+    ParamSpec("compressed_input", False, "Subscribe to sensor_msgs/CompressedImage on "
+              "'<image_topic>/compressed' instead of sensor_msgs/Image on '<image_topic>'."),
+    ParamSpec("image_reliability", "best_effort", "Input QoS reliability. best_effort (sensor data) "
+              "matches every camera driver; reliable matches only reliable publishers.",
+              choices=("best_effort", "reliable")),
+    ParamSpec("image_qos_depth", 1, "Input QoS history depth; the node processes only the newest frame "
+              "anyway.", int_range=(1, 100)),
+    ParamSpec("output_topic", "{out}", "Topic of the structured result message."),
+    ParamSpec("publish_flat", False, "Also publish std_msgs/Float32MultiArray with a labelled layout "
+              "(for RL policies)."),
+    ParamSpec("flat_topic", "{out}_flat", "Topic of the flat Float32MultiArray output."),
+    ParamSpec("publish_debug_image", False, "Also publish an rgb8 image with the results drawn "
+              "(only while someone subscribes)."),
+    ParamSpec("debug_image_topic", "debug_image", "Topic of the debug image."),
+    ParamSpec("frame_id", "", "If set, replaces the image header's frame_id in every output. "
+              "Settable at run time.", read_only=False),
+    ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.",
+              float_range=(0.05, 60.0)),
+    ParamSpec("no_image_warning_after", 5.0, "Warn when no image has arrived for this many seconds "
+              "(wrong topic or QoS mismatch).", float_range=(0.1, 3600.0)),
+)
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """The parameter values, typed, read once at start-up (see :data:`PARAMETERS`)."""
+
+    model_file_path: str
+    backend: str
+    providers: str
+    score_threshold: float
+    image_topic: str
+    compressed_input: bool
+    image_reliability: str
+    image_qos_depth: int
+    output_topic: str
+    publish_flat: bool
+    flat_topic: str
+    publish_debug_image: bool
+    debug_image_topic: str
+    frame_id: str
+    diagnostics_period: float
+    no_image_warning_after: float
+
+    @property
+    def provider_list(self) -> list[str] | None:
+        names = [p.strip() for p in self.providers.split(",") if p.strip()]
+        return names or None
+
+
+assert {f.name for f in fields(NodeSettings)} == {p.name for p in PARAMETERS}
+
+
+class NodeStats:
+    """Thread-safe counters and a latency window, summarised for /diagnostics."""
+
+    def __init__(self, window: int = 512) -> None:
+        self._lock = threading.Lock()
+        self.received = 0
+        self.published = 0
+        self.dropped = 0
+        self.bad = 0
+        self.last_bad_reason = ""
+        self._latencies: deque[float] = deque(maxlen=window)
+        self._last_summary = (time.monotonic(), 0, 0)
+
+    def count(self, name: str, reason: str = "") -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
+            if reason:
+                self.last_bad_reason = reason
+
+    def add_latency(self, seconds: float) -> None:
+        with self._lock:
+            self.published += 1
+            if seconds >= 0.0:
+                self._latencies.append(seconds)
+
+    def summary(self) -> dict[str, float]:
+        """Rates since the previous summary; latency percentiles over the recent window (ms)."""
+        with self._lock:
+            now = time.monotonic()
+            t0, received0, published0 = self._last_summary
+            dt = max(now - t0, 1e-6)
+            lat = np.asarray(self._latencies, dtype=np.float64) * 1e3
+            out = {
+                "input_rate_hz": (self.received - received0) / dt,
+                "output_rate_hz": (self.published - published0) / dt,
+                "frames_received": self.received,
+                "frames_published": self.published,
+                "dropped_frames": self.dropped,
+                "bad_frames": self.bad,
+            }
+            for q in (50, 95, 99):
+                out[f"latency_p{q}_ms"] = float(np.percentile(lat, q)) if lat.size else float("nan")
+            self._last_summary = (now, self.received, self.published)
+            return out
+
+
+class KeypointNode(Node):
+    """Base of the perception nodes; subclasses say which kind, message, conversion and drawing."""
+
+    node_name: ClassVar[str]
+    expected_kind: ClassVar[str]  # "pyramids" (any hierarchy kind) or "tusk"
+    message_type: ClassVar[type]
+    default_output_topic: ClassVar[str]
+
+    # --- what a subclass provides -------------------------------------------------------------
+    def threshold_result(self, result: Any, threshold: float) -> Any:
+        raise NotImplementedError
+
+    def to_message(self, result: Any, header: Header) -> Any:
+        raise NotImplementedError
+
+    def to_flat(self, result: Any) -> Float32MultiArray:
+        raise NotImplementedError
+
+    def draw(self, frame_rgb: np.ndarray, result: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def count_outputs(self, result: Any) -> int:
+        return len(result.scores)
+
+    # --- machinery ------------------------------------------------------------------------------
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(self.node_name, **kwargs)
+        self.settings = self._declare_and_read_parameters()
+        self._warn_unknown_parameters()
+        self._threshold = self.settings.score_threshold
+        self._frame_id = self.settings.frame_id
+        self.stats = NodeStats()
+        self.backend = self._load_model()
+
+        from kp_perception import image_conversion  # noqa: PLC0415 (written concurrently; robot-side, light)
+
+        self._conversion = image_conversion
+        s = self.settings
+        self._pub = self.create_publisher(self.message_type, s.output_topic, 10)
+        self._flat_pub = self.create_publisher(Float32MultiArray, s.flat_topic, 10) if s.publish_flat else None
+        self._debug_pub = self.create_publisher(Image, s.debug_image_topic, 1) if s.publish_debug_image else None
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        reliability = (
+            ReliabilityPolicy.RELIABLE if s.image_reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
+        )
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=s.image_qos_depth,
+            reliability=reliability,
+            durability=DurabilityPolicy.VOLATILE,
+        )
+        topic = f"{s.image_topic}/compressed" if s.compressed_input else s.image_topic
+        self._image_sub = self.create_subscription(
+            CompressedImage if s.compressed_input else Image,
+            topic,
+            self._on_image,
+            qos,
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos),
+        )
+
+        self._cond = threading.Condition()
+        self._pending: Image | CompressedImage | None = None
+        self._stop = False
+        self._started = time.monotonic()
+        self._last_arrival: float | None = None
+        self._worker = threading.Thread(target=self._work, name=f"{self.node_name}_worker", daemon=True)
+        self._worker.start()
+
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self._diag_timer = self.create_timer(s.diagnostics_period, self._publish_diagnostics)
+        self.get_logger().info(
+            f"model {s.model_file_path} ({self.backend.name}, {self.backend.sidecar.kind}, "
+            f"{self.backend.sidecar.input_width}x{self.backend.sidecar.input_height}); "
+            f"input {self._image_sub.topic_name} ({s.image_reliability}, depth {s.image_qos_depth}); "
+            f"output {self._pub.topic_name}"
+        )
+
+    def close(self) -> None:
+        """Stop the worker thread (called before destroy_node)."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._worker.join(timeout=5.0)
+
+    # parameters
+    def _declare_and_read_parameters(self) -> NodeSettings:
+        values = {}
+        for spec in PARAMETERS:
+            default = spec.default
+            if isinstance(default, str):
+                default = default.replace("{out}", self.default_output_topic)
+            try:
+                param = self.declare_parameter(spec.name, default, spec.descriptor())
+            except (rclpy.exceptions.ParameterException, rclpy.exceptions.InvalidParameterValueException) as exc:
+                raise ConfigError(f"parameter '{spec.name}': {exc}") from None
+            values[spec.name] = param.value
+            if spec.choices and param.value not in spec.choices:
+                allowed = ", ".join(repr(c) for c in spec.choices)
+                raise ConfigError(f"parameter '{spec.name}' is {param.value!r}; expected one of {allowed}")
+        return NodeSettings(**values)
+
+    def _warn_unknown_parameters(self) -> None:
+        known = {p.name for p in PARAMETERS} | {"use_sim_time", "start_type_description_service"}
+        overrides = getattr(self, "_parameter_overrides", {}) or {}
+        for name in sorted(set(overrides) - known):
+            if not name.startswith("qos_overrides."):
+                self.get_logger().warning(f"unknown parameter '{name}' is ignored (typo?)")
+
+    def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        for p in params:
+            if p.name == "score_threshold" and not 0.0 <= float(p.value) <= 1.0:
+                return SetParametersResult(successful=False, reason="score_threshold must be in [0, 1]")
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params: list[Parameter]) -> None:
+        for p in params:
+            if p.name == "score_threshold":
+                self._threshold = float(p.value)
+                self.get_logger().info(f"score_threshold set to {self._threshold}")
+            elif p.name == "frame_id":
+                self._frame_id = str(p.value)
+
+    def _load_model(self):
+        s = self.settings
+        if not s.model_file_path:
+            raise ConfigError(
+                "parameter 'model_file_path' is empty: pass -p model_file_path:=/path/model.onnx "
+                "(or the launch argument model:=...)"
+            )
+        if not Path(s.model_file_path).exists():
+            raise ModelLoadError(f"model file {s.model_file_path} does not exist (parameter 'model_file_path')")
+        from kp_perception.backends import load_backend  # noqa: PLC0415 (keeps torch/tensorrt lazy)
+
+        return load_backend(
+            s.model_file_path,
+            backend=s.backend or None,
+            providers=s.provider_list,
+            expected_kind=self.expected_kind,
+        )
+
+    # input
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        with self._cond:
+            if self._pending is not None:
+                self.stats.count("dropped")
+            self._pending = msg
+            self._last_arrival = time.monotonic()
+            self.stats.count("received")
+            self._cond.notify()
+
+    def _on_incompatible_qos(self, info) -> None:
+        self.get_logger().error(
+            f"a publisher on {self._image_sub.topic_name} has incompatible QoS "
+            f"(policy {info.last_policy_kind}); this node requests {self.settings.image_reliability}. "
+            "Set image_reliability:=best_effort (matches any publisher).",
+            throttle_duration_sec=10.0,
+        )
+
+    # worker
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                msg, self._pending = self._pending, None
+            try:
+                self._process(msg)
+            except Exception as exc:  # one bad frame never kills the node
+                self._bad_frame(f"{type(exc).__name__}: {exc}")
+
+    def _process(self, msg: Image | CompressedImage) -> None:
+        try:
+            if self.settings.compressed_input:
+                frame = self._conversion.compressed_to_rgb8(msg)
+            else:
+                frame = self._conversion.image_to_rgb8(msg)
+            result = self.backend.infer(frame)
+        except KpPerceptionError as exc:
+            self._bad_frame(str(exc))
+            return
+        if not (np.isfinite(result.xy).all() and np.isfinite(result.scores).all()):
+            self._bad_frame("model output contains NaN or Inf")
+            return
+
+        header = msg.header
+        if self._frame_id:
+            header = Header(stamp=msg.header.stamp, frame_id=self._frame_id)
+        shown = self.threshold_result(result, self._threshold)
+        self._pub.publish(self.to_message(shown, header))
+        self.stats.add_latency(self._age(header))
+        if self._flat_pub is not None:
+            self._flat_pub.publish(self.to_flat(result))
+        if self._debug_pub is not None and self._debug_pub.get_subscription_count() > 0:
+            drawn = self.draw(frame, shown)
+            self._debug_pub.publish(self._conversion.numpy_to_image(drawn, "rgb8", header=header))
+
+    def _age(self, header: Header) -> float:
+        """Seconds from the image stamp to now; -1 for unstamped images (not counted in latency)."""
+        stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        if stamp_ns == 0:
+            return -1.0
+        return (self.get_clock().now().nanoseconds - stamp_ns) * 1e-9
+
+    def _bad_frame(self, reason: str) -> None:
+        self.stats.count("bad", reason)
+        self.get_logger().warning(f"skipping bad frame: {reason}", throttle_duration_sec=2.0)
+
+    # diagnostics
+    def _publish_diagnostics(self) -> None:
+        try:
+            self._publish_diagnostics_once()
+        except Exception as exc:  # diagnostics must never take the node down
+            self.get_logger().error(f"diagnostics failed: {type(exc).__name__}: {exc}", throttle_duration_sec=10.0)
+
+    def _publish_diagnostics_once(self) -> None:
+        s = self.settings
+        summary = self.stats.summary()
+        now = time.monotonic()
+        since = now - (self._last_arrival if self._last_arrival is not None else self._started)
+        level, message = DiagnosticStatus.OK, "running"
+        if since > s.no_image_warning_after:
+            level, message = DiagnosticStatus.WARN, f"no image for {since:.0f} s"
+            self._warn_no_image(since)
+        elif summary["bad_frames"] and self.stats.last_bad_reason:
+            message = f"running; last bad frame: {self.stats.last_bad_reason}"
+        values = {
+            **{k: f"{v:.2f}" if isinstance(v, float) else str(v) for k, v in summary.items()},
+            "backend": self.backend.name,
+            "model": s.model_file_path,
+            "input_topic": self._image_sub.topic_name,
+            "score_threshold": f"{self._threshold:g}",
+            "seconds_since_last_image": f"{since:.1f}",
+        }
+        status = DiagnosticStatus(
+            level=level,
+            name=f"{self.get_fully_qualified_name()}: keypoint inference",
+            message=message,
+            hardware_id=Path(s.model_file_path).name,
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(array)
+
+    def _warn_no_image(self, since: float) -> None:
+        topic = self._image_sub.topic_name
+        infos = self.get_publishers_info_by_topic(topic)
+        if not infos:
+            hint = "no publisher on that topic: check the remap (image:=/your/camera/topic) or image_topic"
+        else:
+            offered = sorted({str(i.qos_profile.reliability.name).lower() for i in infos})
+            hint = (
+                f"{len(infos)} publisher(s) offering {', '.join(offered)}; this node requests "
+                f"{self.settings.image_reliability}. A reliable subscriber never matches a best-effort "
+                "camera: set image_reliability:=best_effort. For large images between processes set "
+                "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA in both"
+            )
+        self.get_logger().warning(
+            f"no image received on {topic} for {since:.0f} s: {hint}", throttle_duration_sec=10.0
+        )
+
+
+def run_node(node_class: type[KeypointNode], args: list[str] | None = None) -> int:
+    """Start a node and spin until shutdown. Start-up errors: one line, exit status 1, no traceback."""
+    name = node_class.node_name
+    try:
+        rclpy.init(args=args)
+    except Exception as exc:  # bad --ros-args (e.g. a missing params file)
+        print(f"[FATAL] [{name}]: cannot start: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
+    node = None
+    try:
+        node = node_class()
+    except KpPerceptionError as exc:
+        rclpy.logging.get_logger(name).fatal(str(exc))
+        rclpy.try_shutdown()
+        return 1
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.close()
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -1,0 +1,174 @@
+"""Launch arguments -> what the node is started with: one pure helper for the launch files and the tests.
+
+Why: ``launch``/``launch_ros`` cannot be installed on the development machine,
+so the tests cannot run the launch files. Both the launch files (inside an
+``OpaqueFunction``) and the tests call :func:`node_launch_config`, so the node
+the tests start has exactly the parameter file, overrides, remaps and
+namespace that ``ros2 launch kp_perception pyramids.launch.py`` gives it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kp_perception.errors import ConfigError
+
+NODES = {"pyramids": "pyramids_node", "tusk": "tusk_node"}
+DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
+LARGE_DATA_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
+
+
+@dataclass(frozen=True)
+class NodeLaunchConfig:
+    """Everything a launch_ros ``Node`` action needs, as plain values."""
+
+    executable: str
+    params_file: str
+    parameters: dict[str, object]
+    remappings: list[tuple[str, str]]
+    namespace: str = ""
+    env: dict[str, str] = field(default_factory=lambda: dict(LARGE_DATA_ENV))
+
+    def ros_arguments(self) -> list[str]:
+        """The node's command-line tail: ``--ros-args [-r __ns:=NS] --params-file F -p k:=v -r a:=b``."""
+        args = ["--ros-args"]
+        if self.namespace:
+            args += ["-r", f"__ns:={self.namespace}"]
+        args += ["--params-file", self.params_file]
+        for key, value in self.parameters.items():
+            args += ["-p", f"{key}:={_param_text(value)}"]
+        for src, dst in self.remappings:
+            args += ["-r", f"{src}:={dst}"]
+        return args
+
+
+def parse_bool(text: str | bool, name: str) -> bool:
+    """'true'/'false' (any case, also 1/0/yes/no) -> bool; anything else is a ConfigError naming the argument."""
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"launch argument '{name}' must be true or false, got {text!r}")
+
+
+def default_params_file(node: str, share_dir: str | Path | None = None) -> str:
+    """``config/<node>.yaml`` from the installed package share, else from the source tree."""
+    if share_dir is None:
+        share_dir = Path(__file__).resolve().parents[2]
+    return str(Path(share_dir) / "config" / f"{node}.yaml")
+
+
+def node_launch_config(
+    node: str,
+    *,
+    params_file: str,
+    model: str = "",
+    backend: str = "",
+    image_topic: str = DEFAULT_IMAGE_TOPIC,
+    compressed: str | bool = False,
+    namespace: str = "",
+    debug: str | bool = False,
+) -> NodeLaunchConfig:
+    """Launch arguments (strings, as LaunchConfiguration gives them) -> the node's start-up configuration.
+
+    Empty ``model``/``backend`` leave the parameter file's values alone.
+    ``image`` and ``image/compressed`` are both remapped, so ``compressed``
+    only flips the ``compressed_input`` parameter.
+    """
+    if node not in NODES:
+        raise ConfigError(f"unknown node '{node}'; expected one of {', '.join(NODES)}")
+    parameters: dict[str, object] = {}
+    if model:
+        parameters["model_file_path"] = str(model)
+    if backend:
+        parameters["backend"] = str(backend)
+    parameters["compressed_input"] = parse_bool(compressed, "compressed")
+    parameters["publish_debug_image"] = parse_bool(debug, "debug")
+    topic = str(image_topic).rstrip("/") or DEFAULT_IMAGE_TOPIC
+    remappings = [("image", topic), ("image/compressed", f"{topic}/compressed")]
+    return NodeLaunchConfig(
+        executable=NODES[node],
+        params_file=str(params_file),
+        parameters=parameters,
+        remappings=remappings,
+        namespace=str(namespace).strip("/") and "/" + str(namespace).strip("/"),
+    )
+
+
+def record_command(output_dir: str, topics: list[str] | str, storage: str = "mcap") -> list[str]:
+    """``ros2 bag record`` command line for training data collection (record.launch.py runs it)."""
+    if isinstance(topics, str):
+        topics = topics.replace(",", " ").split()
+    if not topics:
+        raise ConfigError("launch argument 'topics' is empty: name at least one topic to record")
+    if not output_dir:
+        raise ConfigError("launch argument 'output_dir' is empty: name the bag directory to create")
+    return ["ros2", "bag", "record", "-s", storage, "-o", str(output_dir), *topics]
+
+
+def _param_text(value: object) -> str:
+    # -p values are parsed as YAML by rcl: booleans must be lower case, strings stay as they are.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def node_launch_description(node: str):
+    """The LaunchDescription of ``<node>.launch.py`` (launch/launch_ros imported here, on a ROS install only).
+
+    Arguments: model, backend, image_topic, compressed, namespace, debug,
+    params_file. An OpaqueFunction resolves them to strings and hands them to
+    :func:`node_launch_config`, the same helper the tests use.
+    """
+    from ament_index_python.packages import get_package_share_directory  # noqa: I001 (ruff sees launch/ as first-party)
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
+    share = get_package_share_directory("kp_perception")
+    arguments = [
+        DeclareLaunchArgument("model", default_value="", description="Exported model (.onnx/.engine/.pt); "
+                              "empty = model_file_path from the parameter file"),
+        DeclareLaunchArgument("backend", default_value="", description="onnxruntime, tensorrt or torch; "
+                              "empty = by the model's extension"),
+        DeclareLaunchArgument("image_topic", default_value=DEFAULT_IMAGE_TOPIC,
+                              description="Camera image topic (raw); '<topic>/compressed' with compressed:=true"),
+        DeclareLaunchArgument("compressed", default_value="false", choices=["true", "false"],
+                              description="Subscribe to sensor_msgs/CompressedImage on '<image_topic>/compressed'"),
+        DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node and its topics"),
+        DeclareLaunchArgument("debug", default_value="false", choices=["true", "false"],
+                              description="Publish the debug image with the results drawn"),
+        DeclareLaunchArgument("params_file", default_value=default_params_file(node, share),
+                              description="ROS parameter file of the node"),
+    ]
+
+    def make_node(context, *_args, **_kwargs):
+        value = {a.name: LaunchConfiguration(a.name).perform(context) for a in arguments}
+        cfg = node_launch_config(
+            node,
+            params_file=value["params_file"],
+            model=value["model"],
+            backend=value["backend"],
+            image_topic=value["image_topic"],
+            compressed=value["compressed"],
+            namespace=value["namespace"],
+            debug=value["debug"],
+        )
+        return [
+            Node(
+                package="kp_perception",
+                executable=cfg.executable,
+                namespace=cfg.namespace,
+                parameters=[cfg.params_file, cfg.parameters],
+                remappings=cfg.remappings,
+                output="screen",
+            )
+        ]
+
+    env = [SetEnvironmentVariable(k, v) for k, v in LARGE_DATA_ENV.items()]
+    return LaunchDescription([*arguments, *env, OpaqueFunction(function=make_node)])

@@ -1,0 +1,445 @@
+"""pyramids_node and tusk_node as real processes on real topics.
+
+Each node is started as the launch files start it: the parameter file from
+config/ and the remaps/overrides from kp_perception.nodes.launch_args (the
+launch files call the same helper; ``launch`` itself is not installable here,
+see docs/nodes.md). The test process is a second, real rclpy participant that
+publishes frames and listens to the outputs. Models are real initial-weights
+encoders exported to ONNX (test/model_fixtures.py), run by onnxruntime.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from std_msgs.msg import Float32MultiArray, Header  # noqa: E402
+
+from kp_perception.drawing import draw_pyramid  # noqa: E402
+from kp_perception.image_conversion import image_to_rgb8, numpy_to_compressed, numpy_to_image  # noqa: E402
+from kp_perception.nodes.launch_args import (  # noqa: E402
+    default_params_file,
+    node_launch_config,
+    record_command,
+)
+from kp_perception.results import KeypointPyramidResult  # noqa: E402
+from kp_perception.ros_conversion import (  # noqa: E402
+    flat_to_numpy,
+    pyramid_to_flat,
+    threshold_pyramid,
+)
+from kp_perception_msgs.msg import KeypointPyramid, PrototypeDetectionArray  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+REPO = Path(__file__).resolve().parents[1]
+W, H = 160, 120  # frames are not the model's 64x64, so the coordinate mapping is exercised
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    from test.model_fixtures import make_model
+
+    out = tmp_path_factory.mktemp("node_models")
+    return {kind: make_model(kind, out, 64) for kind in ("pyramids", "tusk")}
+
+
+class Peer:
+    """The test's own rclpy participant: publishers and collecting subscribers, spun in a thread."""
+
+    def __init__(self) -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("node_test_peer", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # context shut down at teardown
+            pass
+
+    def collect(self, msg_type, topic: str, qos=10) -> list:
+        received: list = []
+
+        def on_msg(msg) -> None:
+            with self.lock:
+                received.append(msg)
+
+        self.node.create_subscription(msg_type, topic, on_msg, qos)
+        return received
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+@pytest.fixture(scope="module")
+def peer():
+    p = Peer()
+    yield p
+    p.close()
+
+
+class NodeProcess:
+    """A node started exactly as the launch file starts it; stderr collected line by line."""
+
+    def __init__(self, kind: str, model: Path | str, namespace: str, *, params_file: str | None = None,
+                 compressed: bool = False, debug: bool = False, extra: dict[str, str] | None = None) -> None:
+        cfg = node_launch_config(
+            kind,
+            params_file=params_file or default_params_file(kind),
+            model=str(model),
+            image_topic=f"/{namespace}/camera/image_raw",
+            compressed=compressed,
+            namespace=namespace,
+            debug=debug,
+        )
+        args = cfg.ros_arguments()
+        for key, value in (extra or {}).items():
+            args += ["-p", f"{key}:={value}"]
+        self.image_topic = f"/{namespace}/camera/image_raw"
+        self.ns = f"/{namespace}"
+        env = {**os.environ, **cfg.env, "PYTHONUNBUFFERED": "1", "RCUTILS_LOGGING_BUFFERED_STREAM": "0"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"kp_perception.nodes.{cfg.executable}", *args],
+            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)  # SIGINT, as Ctrl-C / ros2 launch
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._reader.join(timeout=5)
+        return self.proc.returncode
+
+
+def wait_for(condition, timeout: float, what: str, proc: NodeProcess | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if proc is not None and proc.proc.poll() is not None:
+            pytest.fail(f"node exited ({proc.proc.returncode}) while waiting for {what}:\n{proc.stderr()}")
+        time.sleep(0.02)
+    detail = f"\nnode stderr:\n{proc.stderr()}" if proc is not None else ""
+    pytest.fail(f"timed out after {timeout} s waiting for {what}{detail}")
+
+
+def make_frame(i: int) -> np.ndarray:
+    """A textured RGB frame that changes over time (a bright square moving over a gradient)."""
+    yy, xx = np.mgrid[0:H, 0:W]
+    frame = np.stack([xx * 255 // W, yy * 255 // H, np.full_like(xx, 60)], axis=-1).astype(np.uint8)
+    x0 = 10 + (i * 7) % (W - 40)
+    frame[40:70, x0 : x0 + 30] = (250, 250, 20)
+    return frame
+
+
+def stamp_of(msg) -> tuple[int, int]:
+    return msg.header.stamp.sec, msg.header.stamp.nanosec
+
+
+def publish_until(peer: Peer, pub, make_msg, done, proc: NodeProcess, timeout: float = 30.0,
+                  period: float = 0.05) -> set[tuple[int, int]]:
+    """Publish fresh frames every ``period`` s until ``done()``; returns the stamps sent."""
+    sent: set[tuple[int, int]] = set()
+    deadline = time.monotonic() + timeout
+    i = 0
+    while not done():
+        if time.monotonic() > deadline:
+            pytest.fail(f"no expected output within {timeout} s\nnode stderr:\n{proc.stderr()}")
+        if proc.proc.poll() is not None:
+            pytest.fail(f"node exited ({proc.proc.returncode}):\n{proc.stderr()}")
+        header = Header(frame_id="camera_optical", stamp=peer.node.get_clock().now().to_msg())
+        pub.publish(make_msg(i, header))
+        sent.add((header.stamp.sec, header.stamp.nanosec))
+        i += 1
+        time.sleep(period)
+    return sent
+
+
+def raw_msg(i: int, header: Header) -> Image:
+    return numpy_to_image(make_frame(i), "rgb8", header=header)
+
+
+def compressed_msg(i: int, header: Header) -> CompressedImage:
+    return numpy_to_compressed(make_frame(i), "jpeg", header=header)
+
+
+def check_pyramid(msg: KeypointPyramid) -> None:
+    """Sane hierarchy: inside the image, level sizes consistent, every parent one level up."""
+    n = len(msg.keypoints)
+    assert n > 0 and sum(msg.level_sizes) == n
+    assert (msg.image_width, msg.image_height) == (W, H)
+    expected_levels = np.repeat(np.arange(len(msg.level_sizes)), msg.level_sizes)
+    for i, kp in enumerate(msg.keypoints):
+        assert -0.5 <= kp.x <= W - 0.5 and -0.5 <= kp.y <= H - 0.5, (kp.x, kp.y)
+        assert 0.0 <= kp.score <= 1.0
+        assert kp.level == expected_levels[i]
+        if kp.level == 0:
+            assert kp.parent == -1
+        else:
+            assert 0 <= kp.parent < n and msg.keypoints[kp.parent].level == kp.level - 1
+
+
+# --- nodes on real topics -------------------------------------------------------------------------
+
+
+def test_pyramids_node_publishes_stamped_hierarchies_flat_array_and_debug_image(peer, models):
+    node = NodeProcess("pyramids", models["pyramids"], "pyr_raw", debug=True, extra={"publish_flat": "true"})
+    try:
+        pyramids = peer.collect(KeypointPyramid, f"{node.ns}/keypoints")
+        flats = peer.collect(Float32MultiArray, f"{node.ns}/keypoints_flat")
+        debug = peer.collect(Image, f"{node.ns}/debug_image")
+        pub = peer.node.create_publisher(Image, node.image_topic, qos_profile_sensor_data)
+        wait_for(lambda: pub.get_subscription_count() > 0, 30, "the node's image subscription", node)
+        sent = publish_until(peer, pub, raw_msg, lambda: len(pyramids) >= 3 and flats and debug, node)
+
+        for msg in list(pyramids):
+            assert stamp_of(msg) in sent  # header copied from the image it was computed on
+            assert msg.header.frame_id == "camera_optical"
+            check_pyramid(msg)
+
+        flat = flat_to_numpy(flats[-1])
+        assert [d.label for d in flats[-1].layout.dim] == ["keypoints", "x,y,score,level,parent"]
+        assert flat.shape == (len(pyramids[0].keypoints), 5)
+        # The flat rows are the same keypoints as one of the structured messages.
+        as_rows = [np.array([[k.x, k.y, k.score, k.level, k.parent] for k in m.keypoints]) for m in pyramids]
+        assert any(np.allclose(rows, flat, atol=1e-4) for rows in as_rows)
+
+        img = debug[-1]
+        assert stamp_of(img) in sent and img.header.frame_id == "camera_optical"  # header copied, not empty
+        assert (img.width, img.height, img.encoding) == (W, H, "rgb8")
+        drawn = image_to_rgb8(img)
+        assert not any(np.array_equal(drawn, make_frame(i)) for i in range(40))  # keypoints were drawn on it
+    finally:
+        assert node.stop() == 0, node.stderr()
+
+
+def test_tusk_node_compressed_input_frame_id_override_and_runtime_threshold(peer, models):
+    node = NodeProcess(
+        "tusk", models["tusk"], "tusk_cmp", compressed=True,
+        extra={"publish_flat": "true", "score_threshold": "0.0", "frame_id": "tool0"},
+    )
+    try:
+        dets = peer.collect(PrototypeDetectionArray, f"{node.ns}/detections")
+        flats = peer.collect(Float32MultiArray, f"{node.ns}/detections_flat")
+        pub = peer.node.create_publisher(CompressedImage, f"{node.image_topic}/compressed", qos_profile_sensor_data)
+        wait_for(lambda: pub.get_subscription_count() > 0, 30, "the node's compressed subscription", node)
+        sent = publish_until(peer, pub, compressed_msg, lambda: len(dets) >= 3 and flats, node)
+
+        top_k = flat_to_numpy(flats[-1]).shape[0]
+        assert [d.label for d in flats[-1].layout.dim] == ["detections", "x,y,score,prototype,distance"]
+        scores = []
+        for msg in list(dets):
+            assert stamp_of(msg) in sent and msg.header.frame_id == "tool0"
+            assert (msg.image_width, msg.image_height) == (W, H)
+            assert len(msg.detections) == top_k  # threshold 0: every top-K detection
+            s = [d.score for d in msg.detections]
+            assert s == sorted(s, reverse=True)
+            for d in msg.detections:
+                assert -0.5 <= d.x <= W - 0.5 and -0.5 <= d.y <= H - 0.5
+                assert 0 <= d.prototype < msg.num_prototypes
+                assert d.distance >= 0.0
+                assert np.linalg.norm(d.descriptor) == pytest.approx(1.0, abs=1e-3)
+            scores += s
+
+        # Raise the threshold at run time: later messages carry only detections above it.
+        threshold = float(np.median(scores)) + 1e-6
+        client = AsyncParameterClient(peer.node, f"{node.ns}/tusk_node")
+        assert client.wait_for_services(timeout_sec=10.0)
+        bad = client.set_parameters([Parameter("score_threshold", value=1.5)])
+        wait_for(bad.done, 10, "set_parameters reply")
+        assert not bad.result().results[0].successful  # outside the declared [0, 1] range
+        ok = client.set_parameters([Parameter("score_threshold", value=threshold)])
+        wait_for(ok.done, 10, "set_parameters reply")
+        assert ok.result().results[0].successful
+        n_before = len(dets)
+        publish_until(peer, pub, compressed_msg, lambda: len(dets) >= n_before + 5, node)
+        later = dets[n_before + 2:]  # skip frames that may have been in flight during the change
+        assert all(d.score >= threshold - 1e-6 for msg in later for d in msg.detections)
+        assert sum(len(msg.detections) for msg in later) < top_k * len(later)
+    finally:
+        assert node.stop() == 0, node.stderr()
+
+
+def bad_frames() -> list[tuple[str, Image]]:
+    def image(width, height, encoding, step, nbytes) -> Image:
+        msg = Image(width=width, height=height, encoding=encoding, step=step)
+        msg.data = bytes(nbytes)
+        return msg
+
+    return [
+        ("unknown encoding", image(8, 8, "weird16", 16, 128)),
+        ("step smaller than a row", image(10, 10, "rgb8", 20, 200)),
+        ("truncated data", image(10, 10, "rgb8", 30, 150)),
+        ("zero-sized", image(0, 0, "rgb8", 0, 0)),
+    ]
+
+
+def test_bad_frames_are_counted_in_diagnostics_and_output_resumes(peer, models):
+    node = NodeProcess("pyramids", models["pyramids"], "pyr_bad", extra={"image_reliability": "reliable"})
+    try:
+        pyramids = peer.collect(KeypointPyramid, f"{node.ns}/keypoints")
+        diags = peer.collect(DiagnosticArray, "/diagnostics")
+        pub = peer.node.create_publisher(Image, node.image_topic, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        wait_for(lambda: pub.get_subscription_count() > 0, 30, "the node's image subscription", node)
+        time.sleep(0.3)  # reliable: matched both ways before the burst
+        for _, msg in bad_frames():
+            msg.header.stamp = peer.node.get_clock().now().to_msg()
+            pub.publish(msg)
+            time.sleep(0.2)  # one at a time, so none is dropped as "not the newest"
+        sent = publish_until(peer, pub, raw_msg, lambda: len(pyramids) >= 2, node)
+        assert all(stamp_of(m) in sent for m in pyramids)  # outputs are for the good frames only
+        assert node.proc.poll() is None
+
+        def values() -> dict[str, str] | None:
+            for array in reversed(list(diags)):
+                for status in array.status:
+                    if status.name.startswith(f"{node.ns}/pyramids_node"):
+                        return {kv.key: kv.value for kv in status.values}
+            return None
+
+        wait_for(lambda: (v := values()) is not None and int(v["frames_published"]) >= 2, 10,
+                 "diagnostics after the good frames", node)
+        v = values()
+        assert int(v["bad_frames"]) == len(bad_frames())
+        assert int(v["dropped_frames"]) >= 0 and v["backend"] == "onnxruntime"
+        assert float(v["latency_p50_ms"]) > 0.0
+        assert "skipping bad frame" in node.stderr()
+    finally:
+        assert node.stop() == 0, node.stderr()
+
+
+def test_qos_mismatch_is_reported_instead_of_silence(peer, models):
+    node = NodeProcess("pyramids", models["pyramids"], "pyr_qos",
+                       extra={"image_reliability": "reliable", "no_image_warning_after": "1.0"})
+    try:
+        pub = peer.node.create_publisher(Image, node.image_topic, qos_profile_sensor_data)  # best effort
+        wait_for(lambda: "best_effort" in node.stderr() and "no image received" in node.stderr(), 30,
+                 "the no-image warning naming the QoS mismatch", node)
+        assert pub.get_subscription_count() == 0  # really never matched
+    finally:
+        assert node.stop() == 0, node.stderr()
+
+
+# --- start-up errors: one line, non-zero exit -----------------------------------------------------
+
+
+def _bad_params_file(tmp_path: Path) -> str:
+    text = (REPO / "config" / "pyramids.yaml").read_text().replace("score_threshold: 0.0", 'score_threshold: "high"')
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "case", "expected"),
+    [
+        ("pyramids", "missing model", "does not exist"),
+        ("tusk", "pyramids model in tusk_node", "expected 'tusk'"),
+        ("pyramids", "wrong parameter type", "score_threshold"),
+    ],
+)
+def test_startup_error_exits_nonzero_with_one_clear_line(models, tmp_path, kind, case, expected):
+    model = {"missing model": tmp_path / "nope.onnx"}.get(case, models["pyramids"])
+    params = _bad_params_file(tmp_path) if case == "wrong parameter type" else None
+    node = NodeProcess(kind, model, "startup_err", params_file=params)
+    node.proc.wait(timeout=60)
+    node._reader.join(timeout=5)
+    assert node.proc.returncode != 0
+    lines = [ln for ln in node.lines if ln.strip()]
+    assert len(lines) == 1, node.stderr()
+    assert expected in lines[0] and "Traceback" not in node.stderr()
+    if case == "missing model":
+        assert str(model) in lines[0]
+
+
+# --- launch arguments, conversion, drawing (pure) -------------------------------------------------
+
+
+def test_launch_helper_gives_the_params_file_overrides_and_remaps():
+    cfg = node_launch_config("tusk", params_file="/p/tusk.yaml", model="/m/t.onnx", image_topic="/cam/img/",
+                             compressed="true", namespace="robot1", debug="false")
+    args = cfg.ros_arguments()
+    assert args[:5] == ["--ros-args", "-r", "__ns:=/robot1", "--params-file", "/p/tusk.yaml"]
+    assert "model_file_path:=/m/t.onnx" in args and "compressed_input:=true" in args
+    assert "publish_debug_image:=false" in args
+    assert "image:=/cam/img" in args and "image/compressed:=/cam/img/compressed" in args
+    assert cfg.executable == "tusk_node" and cfg.env["FASTDDS_BUILTIN_TRANSPORTS"] == "LARGE_DATA"
+    assert record_command("bags/ep1", "/camera/image_raw,/camera/camera_info") == [
+        "ros2", "bag", "record", "-s", "mcap", "-o", "bags/ep1", "/camera/image_raw", "/camera/camera_info"]
+
+
+def test_launch_files_build_descriptions():
+    pytest.importorskip("launch_ros", reason="launch/launch_ros are on no registry reachable here (environment.md)")
+    import runpy
+
+    for name in ("pyramids", "tusk", "record"):
+        module = runpy.run_path(str(REPO / "launch" / f"{name}.launch.py"))
+        assert module["generate_launch_description"]().entities
+
+
+def _pyramid(scores: list[float]) -> KeypointPyramidResult:
+    n1, m = 2, 2
+    parents = np.array([-1] * n1 + [k // m for k in range(n1 * m)], np.int32)
+    xy = np.array([[10, 10], [40, 30], [5, 12], [14, 8], [44, 28], [36, 34]], np.float32)
+    return KeypointPyramidResult(xy=xy, scores=np.array(scores, np.float32), levels=np.array([0, 0, 1, 1, 1, 1], np.int32),
+                                 parents=parents, level_sizes=(2, 4), image_width=50, image_height=40)
+
+
+def test_threshold_keeps_ancestors_so_parents_stay_valid():
+    # Root 0 is weak but its child 3 is strong: root 0 must be kept; root 1's family is dropped.
+    out = threshold_pyramid(_pyramid([0.1, 0.2, 0.1, 0.9, 0.1, 0.1]), 0.5)
+    assert out.level_sizes == (1, 1)
+    assert out.parents.tolist() == [-1, 0]
+    assert np.allclose(out.xy, [[10, 10], [14, 8]])
+    flat = flat_to_numpy(pyramid_to_flat(out))
+    assert flat.shape == (2, 5) and flat[1, 4] == 0
+
+
+def test_drawing_colours_each_family_alike_and_links_children():
+    frame = np.zeros((40, 50, 3), np.uint8)
+    drawn = draw_pyramid(frame, _pyramid([1.0] * 6))
+    colour = lambda x, y: tuple(drawn[y, x])  # noqa: E731
+    assert colour(10, 10) == colour(5, 12) == colour(14, 8)  # root 0 and its children
+    assert colour(40, 30) == colour(44, 28) and colour(40, 30) != colour(10, 10)
+    assert drawn[9:12, 6:9].any()  # the link between child (5, 12) and parent (10, 10)
+    assert not frame.any()  # input untouched
