@@ -18,7 +18,7 @@ plush toys, seen by a fixed camera. Here:
   random point of the workspace.
 - Rendering: ER_TINY_RENDERER (CPU, deterministic), one fixed camera looking down
   at the table at an angle.
-- Determinism: each episode builds a fresh pybullet client and draws everything
+- Determinism: each episode builds a fresh pybullet client (in its worker process) and draws everything
   from ``numpy.random.default_rng([seed, episode])``, so an episode's frames do
   not depend on which worker runs it or on the other episodes.
 
@@ -133,11 +133,12 @@ class TabletopConfig:
     push_probability: float = 0.7
     objects: tuple[ObjectSpec, ...] = DEFAULT_OBJECTS
     # Looks at a point just in front of the arm (offset from the workspace centre on
-    # the table top, metres), so the whole workspace and most of the arm are in view.
-    camera_target: tuple[float, float, float] = (-0.12, 0.0, 0.12)
-    camera_distance: float = 1.35
+    # the table top, metres), so the whole workspace, the gripper and the lower arm are in view
+    # (the Panda's upper links leave the frame; their points are then not visible).
+    camera_target: tuple[float, float, float] = (-0.08, 0.0, 0.08)
+    camera_distance: float = 1.05
     camera_yaw: float = 90.0
-    camera_pitch: float = -52.0
+    camera_pitch: float = -60.0
     camera_fov: float = 50.0  # vertical, degrees
 
     def validate(self) -> None:
@@ -566,7 +567,7 @@ def generate_tabletop(
     """Simulate ``episodes`` episodes into ``out`` across ``workers`` processes; return a summary.
 
     Episodes are independent (own pybullet client, own seed), so they run in a
-    spawn-context process pool; the annotations are gathered and written in
+    process pool; the annotations are gathered and written in
     episode order, so the output does not depend on the worker count.
     """
     from tqdm import tqdm
@@ -591,7 +592,9 @@ def generate_tabletop(
             for task in tasks:
                 results[task[2]] = write_episode(*task, progress=_Bar())
         else:
-            ctx = mp.get_context("spawn")
+            # fork where available: no pybullet client exists in this process yet, and
+            # unlike spawn it works from scripts without an ``if __name__ == "__main__"`` guard.
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             progress = ctx.Queue()
             with ctx.Pool(workers, initializer=_init_worker, initargs=(progress,)) as pool:
                 pending = {e: pool.apply_async(_episode_task, (t,)) for e, t in zip(range(episodes), tasks, strict=True)}
