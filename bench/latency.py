@@ -1,0 +1,178 @@
+"""Inference latency per backend at batch 1: onnxruntime vs torch eager (and TensorRT when present).
+
+For each model kind (default: Keypoint Pyramids with the paper config at
+128×128, and TUSK with the Tetrominoes config or the encoder defaults), an
+initial-weights encoder is exported exactly as ``kp-perception export`` does,
+then timed, with the backends interleaved call by call so that load from other
+processes hits all of them alike:
+
+- ``inference_ms``: ``Backend.run`` on a ready 1×H×W×3 uint8 batch (graph alone);
+- ``with_preprocessing_ms``: ``Backend.infer`` on a 640×480 RGB frame (resize to
+  the model size + graph + mapping back to frame pixels);
+- ``preprocessing_640x480_ms``: the resize alone (``Backend.preprocess``).
+
+Weights do not change the cost of these graphs, so initial weights are enough.
+``onnxruntime_over_torch_p50`` < 0.5 means onnxruntime is more than 2× faster.
+
+    python -m bench.latency [--kinds pyramids tusk --iters 200 --threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kinds", nargs="+", default=["pyramids", "tusk"],
+                        choices=("pyramids", "keynet", "transporter", "tusk"))
+    parser.add_argument("--image-size", type=int, default=128, help="square model input size for every kind")
+    parser.add_argument("--pyramids-config", default="pyramids", help="training config name/path for hierarchy kinds")
+    parser.add_argument("--tusk-config", default="tusk_tetrominoes", help="training config name/path for tusk")
+    parser.add_argument("--iters", type=int, default=200, help="timed calls per backend and measurement")
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="intra-op threads for onnxruntime and torch alike")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _model_config(kind: str, name: str) -> tuple[dict[str, Any], str]:
+    """Model kwargs from the training config, or the encoder defaults when that config does not exist."""
+    from kp_perception.errors import KpPerceptionError
+
+    try:
+        from training.config import load_config
+
+        return dict(load_config(name)["model"]), name
+    except (KpPerceptionError, FileNotFoundError, KeyError, ImportError):
+        return {}, f"{kind} encoder defaults ({name} not found)"
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    ms = np.asarray(samples) * 1e3
+    return {"p50": round(float(np.percentile(ms, 50)), 4), "p99": round(float(np.percentile(ms, 99)), 4)}
+
+
+def _interleaved(calls: dict[str, Any], iters: int, warmup: int, desc: str) -> dict[str, list[float]]:
+    """Time each callable ``iters`` times, alternating between them call by call."""
+    from tqdm import tqdm
+
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in tqdm(range(iters), desc=desc, leave=False):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return samples
+
+
+def _export(kind: str, model_config: dict[str, Any], size: int, out_dir: Path, seed: int) -> Path:
+    import torch
+
+    from kp_perception.checkpoint import save_checkpoint
+    from kp_perception.models import build_encoder
+    from training.export import export_checkpoint
+
+    torch.manual_seed(seed)
+    encoder = build_encoder(kind, model_config)
+    checkpoint = out_dir / f"{kind}.pt"
+    config = {"model": model_config, "data": {"image_size": size}}
+    save_checkpoint(checkpoint, {"kind": kind, "config": config, "encoder": encoder.state_dict(), "training": {}})
+    return export_checkpoint(checkpoint, out_dir / f"{kind}.onnx").onnx_path
+
+
+def _tensorrt_available() -> bool:
+    try:
+        from kp_perception.backends.tensorrt_backend import require_tensorrt_gpu
+
+        require_tensorrt_gpu()
+        return True
+    except Exception:  # no tensorrt, no pycuda, or no GPU
+        return False
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    from kp_perception.backends import load_backend
+
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    with_trt = _tensorrt_available()
+    report: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        },
+        "threads": args.threads,
+        "iters": args.iters,
+        "batch": 1,
+        "frame": [640, 480],
+        "tensorrt": "measured" if with_trt else "not available on this machine (no tensorrt/pycuda/GPU)",
+        "kinds": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="kp_bench_latency_") as tmp:
+        for kind in args.kinds:
+            config_name = args.tusk_config if kind == "tusk" else args.pyramids_config
+            model_config, config_source = _model_config(kind, config_name)
+            onnx_path = _export(kind, model_config, args.image_size, Path(tmp), args.seed)
+            backends = {
+                "onnxruntime": load_backend(onnx_path, providers=["CPUExecutionProvider"], threads=args.threads),
+                "torch": load_backend(onnx_path.with_suffix(".pt"), threads=args.threads),
+            }
+            if with_trt:
+                backends["tensorrt"] = load_backend(onnx_path, backend="tensorrt")
+            batch = backends["onnxruntime"].preprocess(frame)
+            inference = _interleaved(
+                {name: (lambda b=b, x=batch: b.run(x)) for name, b in backends.items()},
+                args.iters, args.warmup, f"{kind} inference",
+            )
+            full = _interleaved(
+                {name: (lambda b=b: b.infer(frame)) for name, b in backends.items()},
+                args.iters, args.warmup, f"{kind} with preprocessing",
+            )
+            entry: dict[str, Any] = {
+                "image_size": [args.image_size, args.image_size],
+                "model_config": config_source,
+                "parameters": int(sum(p.numel() for p in backends["torch"].graph.parameters())),
+                "backends": {
+                    name: {
+                        "inference_ms": _percentiles(inference[name]),
+                        "with_preprocessing_ms": _percentiles(full[name]),
+                    }
+                    for name in backends
+                },
+            }
+            ort_p50 = entry["backends"]["onnxruntime"]["inference_ms"]["p50"]
+            torch_p50 = entry["backends"]["torch"]["inference_ms"]["p50"]
+            entry["onnxruntime_over_torch_p50"] = round(ort_p50 / torch_p50, 4)
+            entry["onnxruntime_speedup_vs_torch_p50"] = round(torch_p50 / ort_p50, 3)
+            report["kinds"][kind] = entry
+        pre = _interleaved({"pre": lambda: backends["onnxruntime"].preprocess(frame)},
+                           max(args.iters, 200), args.warmup, "preprocessing")
+        report["preprocessing_640x480_ms"] = {**_percentiles(pre["pre"]), "to": [args.image_size, args.image_size]}
+    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    print(json.dumps(run(parser.parse_args()), indent=2))
+
+
+if __name__ == "__main__":
+    main()
