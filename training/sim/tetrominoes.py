@@ -10,8 +10,8 @@ J 4, L 4), the count TUSK's 114 = 19 × 6 prototypes assumes. Choices made here:
   ``size // 7``), flat colour, no shading.
 - Pieces never overlap (the original's pieces do not occlude each other) and may
   be cut off at the border: a piece's bounding box may stick out of the canvas
-  by up to one cell on any side, but at least two cells' worth of its pixels
-  stay visible, so every instance is in the mask.
+  by up to half a cell on any side (about a third of the pieces lose a strip),
+  so every piece stays recognisable and every instance is in the mask.
 - ``x``, ``y`` in objects.csv are the centroid of the piece's *visible* pixels
   (pixel centres at integers), the same pixels as its mask.
 
@@ -77,6 +77,7 @@ def render_tetrominoes(
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """One image: (H×W×3 uint8 RGB, H×W uint8 instance mask, [(shape, colour)] per instance 1..pieces)."""
     cell = max(1, size // 7)
+    overhang = cell // 2  # how far a piece may stick out of the canvas, pixels
     colour_names = list(COLOURS)
     shape_names = list(SHAPES)
     for _ in range(1000):  # restart the whole image if the pieces do not fit
@@ -89,8 +90,8 @@ def render_tetrominoes(
             piece = np.kron(SHAPES[shape], np.ones((cell, cell), bool))
             ph, pw = piece.shape
             for _ in range(100):
-                top = int(rng.integers(-cell, size - ph + cell + 1))
-                left = int(rng.integers(-cell, size - pw + cell + 1))
+                top = int(rng.integers(-overhang, size - ph + overhang + 1))
+                left = int(rng.integers(-overhang, size - pw + overhang + 1))
                 placed = np.zeros((size + 2 * cell, size + 2 * cell), bool)
                 placed[top + cell : top + cell + ph, left + cell : left + cell + pw] = piece
                 visible = placed[cell : cell + size, cell : cell + size]
