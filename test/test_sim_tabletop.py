@@ -190,6 +190,31 @@ def test_pushed_object_centre_follows_its_colour_blob(sim_out, frames):
     assert checked_objects >= 1, "no object was pushed more than 4 px"
 
 
+def test_gripper_moves_at_most_5cm_per_frame_in_the_workspace_and_pushes_objects():
+    """B&O motion: ≤ 5 cm between frames inside 50×50 cm, at table height, displacing objects."""
+    from training.sim.tabletop import MAX_STEP, WORKSPACE_CENTRE, WORKSPACE_HALF
+
+    displaced = 0
+    for episode in range(2):
+        scene = TabletopScene(TabletopConfig(frames=30, size=32, seed=CONFIG.seed), episode)
+        p, c = scene.p, scene.client
+        try:
+            start = [np.array(p.getBasePositionAndOrientation(o.body, physicsClientId=c)[0]) for o in scene.objects]
+            gripper = []
+            for _ in range(30):
+                scene.step()
+                gripper.append(p.getLinkState(scene.arm, scene.ee_link, physicsClientId=c)[4])
+            end = [np.array(p.getBasePositionAndOrientation(o.body, physicsClientId=c)[0]) for o in scene.objects]
+            gripper = np.array(gripper)
+            assert np.linalg.norm(np.diff(gripper, axis=0), axis=1).max() <= MAX_STEP
+            assert (np.abs(gripper[:, :2] - WORKSPACE_CENTRE) <= WORKSPACE_HALF + 0.02).all()
+            assert np.median(gripper[:, 2] - scene.table_top) < 0.05  # low enough to push things
+            displaced += sum(np.linalg.norm((b - a)[:2]) > 0.02 for a, b in zip(start, end, strict=True))
+        finally:
+            scene.close()
+    assert displaced >= 3, f"only {displaced} object displacements over two 30-frame episodes"
+
+
 def test_same_seed_gives_the_same_frames_in_any_process(sim_out, frames):
     """Episode 1 rendered here equals the one a worker process wrote; another seed differs."""
     def first_frames(config: TabletopConfig, episode: int, n: int = 3) -> list[np.ndarray]:

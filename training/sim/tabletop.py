@@ -11,8 +11,9 @@ plush toys, seen by a fixed camera. Here:
   toy size) and three rigid ones (mug, jenga block, lego brick), each painted one
   flat distinct colour (textures removed) so they are distinguishable, on a
   neutral grey table.
-- Motion: the gripper walks towards a waypoint at a random speed of 2-5 cm per
-  frame (the commanded target never moves more than 5 cm between frames). With
+- Motion: the gripper walks towards a waypoint at a random speed of 2-4.5 cm per
+  commanded frame, so the real gripper (which lags or overshoots its target by a
+  few mm) moves at most 5 cm between frames. With
   probability ``push_probability`` the next waypoint is *through* an object
   (behind it as seen from the gripper), so pushes are frequent; otherwise it is a
   random point of the workspace.
@@ -66,7 +67,7 @@ TIME_STEP = 1.0 / 240.0
 TABLE_POSITION = (0.1, 0.0, 0.0)  # table/table.urdf: top 1.5×1 m, surface at z≈0.626
 WORKSPACE_CENTRE = (0.0, 0.0)
 WORKSPACE_HALF = 0.25  # 50×50 cm
-MAX_STEP = 0.05  # metres the commanded gripper target moves per frame, at most
+MAX_STEP = 0.05  # metres the gripper may move between frames (B&O)
 
 
 @dataclass(frozen=True)
@@ -377,7 +378,9 @@ class TabletopScene:
     # -- motion -------------------------------------------------------------------------
     def _next_waypoint(self) -> None:
         p, c = self.p, self.client
-        self.speed = self.rng.uniform(0.02, MAX_STEP)
+        # Commanded ≤ 4.5 cm per frame: the position-controlled arm lags or overshoots
+        # its target by a few mm, so the real gripper stays within MAX_STEP (5 cm).
+        self.speed = self.rng.uniform(0.02, MAX_STEP - 0.005)
         if self.rng.random() < self.config.push_probability:
             obj = self.objects[self.rng.integers(len(self.objects))]
             pos, _ = p.getBasePositionAndOrientation(obj.body, physicsClientId=c)
