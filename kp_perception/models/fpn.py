@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kp_perception.errors import ConfigError
+
 
 def conv_block(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
     """conv → BatchNorm → ReLU, 'same' padding."""
@@ -29,9 +31,9 @@ class FPN(nn.Module):
     def __init__(self, levels: int = 2, channels: int = 64, width: int = 32, finest_stride: int = 4) -> None:
         super().__init__()
         if levels < 1:
-            raise ValueError(f"FPN needs at least one level, got {levels}")
+            raise ConfigError(f"FPN needs at least one level, got {levels}")
         if finest_stride < 1 or finest_stride & (finest_stride - 1):
-            raise ValueError(f"finest_stride must be a power of two, got {finest_stride}")
+            raise ConfigError(f"finest_stride must be a power of two, got {finest_stride}")
         self.levels = levels
         self.finest_stride = finest_stride
         # Stem at full resolution (KeyNet: 7×7 first kernel), then halving stages.

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from kp_perception.errors import ConfigError
 from kp_perception.models.fpn import FPN, conv_block
 from kp_perception.models.keypoint_ops import (
     DEFAULT_SIGMA,
@@ -83,16 +84,16 @@ class PyramidsEncoder(nn.Module):
         super().__init__()
         sizes = [int(keypoints_per_level)] if isinstance(keypoints_per_level, int) else list(keypoints_per_level)
         if not sizes or any(n < 1 for n in sizes):
-            raise ValueError(f"keypoints_per_level must be positive counts, got {keypoints_per_level}")
+            raise ConfigError(f"keypoints_per_level must be positive counts, got {keypoints_per_level}")
         if flat and len(sizes) != 1:
-            raise ValueError(f"flat mode takes one keypoint count, got {sizes}")
+            raise ConfigError(f"flat mode takes one keypoint count, got {sizes}")
         for n_parent, n_child in zip(sizes[:-1], sizes[1:], strict=True):
             if n_child % n_parent:
-                raise ValueError(f"each level must have a multiple of the previous level's keypoints, got {sizes}")
+                raise ConfigError(f"each level must have a multiple of the previous level's keypoints, got {sizes}")
         if fpn_levels is None:
             fpn_levels = 2 if flat else len(sizes)
         if not flat and fpn_levels != len(sizes):
-            raise ValueError(f"fpn_levels ({fpn_levels}) must equal the number of keypoint levels ({len(sizes)})")
+            raise ConfigError(f"fpn_levels ({fpn_levels}) must equal the number of keypoint levels ({len(sizes)})")
         self.level_sizes: tuple[int, ...] = tuple(sizes)
         self.parents: tuple[int, ...] = hierarchy_parents(sizes)
         self.children_per_parent: tuple[int, ...] = tuple(c // p for p, c in zip(sizes[:-1], sizes[1:], strict=True))
