@@ -12,7 +12,13 @@ import json
 
 
 def add_parser(subparsers) -> None:
-    sim = subparsers.add_parser("sim", help="generate simulated training data", description=__doc__)
+    sim = subparsers.add_parser(
+        "sim",
+        help="generate simulated training data",
+        description="Generate training data: tabletop (pybullet arm pushing objects, rosbag2 + ground "
+        "truth), tetrominoes and mnist-hard (multi-object images, masks, objects.csv). "
+        "Run `kp-perception sim KIND --help` for each one's options.",
+    )
     kinds = sim.add_subparsers(dest="sim_kind", metavar="KIND", required=True)
 
     tab = kinds.add_parser(

@@ -151,6 +151,7 @@ def write_multi_object(
     if num < 1:
         raise KpPerceptionError(f"--num must be at least 1, got {num}")
     out = Path(out)
+    first = sample(0)  # an impossible setting fails here, before anything is written
     prepare_out_dir(out, overwrite)
     (out / "images").mkdir()
     (out / "masks").mkdir()
@@ -159,7 +160,7 @@ def write_multi_object(
         writer = csv.writer(f)
         writer.writerow(OBJECTS_HEADER)
         for index in tqdm(range(num), desc=desc, unit="image", disable=not show_progress):
-            image, mask, labels = sample(index)
+            image, mask, labels = first if index == 0 else sample(index)
             stem = f"{index:06d}"
             cv2.imwrite(str(out / "images" / f"{stem}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
             cv2.imwrite(str(out / "masks" / f"{stem}.png"), mask)
