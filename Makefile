@@ -16,3 +16,16 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check kp_perception training bench test launch
+
+# The first five minutes (docs/getting_started.md): simulate a clip, run the real node with the
+# shipped model over ROS 2, write out/demo_<kind>/ (GIF, MP4, PNG, node output bag, summary.json).
+.PHONY: demo-tusk models
+demo: setup
+	$(VENV)/bin/kp-perception demo pyramids
+
+demo-tusk: setup
+	$(VENV)/bin/kp-perception demo tusk
+
+# Retrain the shipped models/*.onnx on simulated data (KP_MODEL_MINUTES per model, default 12).
+models: setup
+	bash scripts/train_models.sh
