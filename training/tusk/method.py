@@ -154,11 +154,11 @@ class TuskMethod(TrainingMethod):
 
         rec = reconstruction_loss(out["reconstruction"], target)
         loss = cfg["reconstruction"] * rec
-        logs = {"loss/reconstruction": float(rec)}
+        logs = {"loss/reconstruction": rec.item()}
         if self.vgg is not None:
             per = perceptual_loss(self.vgg, out["reconstruction"], target)
             loss = loss + cfg["perceptual_weight"] * per
-            logs["loss/perceptual"] = float(per)
+            logs["loss/perceptual"] = per.item()
         weights = out["scores"].detach() if cfg["kmeans_score_weighted"] else None
         km = kmeans_loss(out["descriptors"], self.encoder.normalized_prototypes(), cfg["kmeans_sharpness"], weights)
         eq_h = equivariance_loss(out["heatmap"][:b], out["heatmap"][b:], warp)
@@ -166,10 +166,10 @@ class TuskMethod(TrainingMethod):
         loss = loss + cfg["kmeans"] * km + cfg["equivariance_heatmap"] * eq_h + cfg["equivariance_features"] * eq_f
         logs.update(
             {
-                "loss/kmeans": float(km),
-                "loss/equivariance_heatmap": float(eq_h),
-                "loss/equivariance_features": float(eq_f),
-                "keypoints/mean_score": float(out["scores"].mean()),
+                "loss/kmeans": km.item(),
+                "loss/equivariance_heatmap": eq_h.item(),
+                "loss/equivariance_features": eq_f.item(),
+                "keypoints/mean_score": out["scores"].mean().item(),
             }
         )
         extra = {"descriptors": out["descriptors"].detach(), "scores": out["scores"].detach()}

@@ -1,0 +1,110 @@
+"""TUSK losses and decoders: equivariance, sliced Wasserstein, k-means, perceptual, compositing."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kp_perception.errors import ConfigError
+from training.tusk.decoders import RgbaDecoder, SplatDecoder
+from training.tusk.losses import (
+    VGGPerceptual,
+    equivariance_loss,
+    kmeans_loss,
+    reconstruction_loss,
+    sliced_wasserstein_loss,
+)
+from training.tusk.tps import apply_tps, identity_tps, random_tps
+
+
+def test_equivariance_loss_is_zero_for_an_equivariant_map_and_not_otherwise():
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 24, 31)
+    warp = random_tps(3, rotation=0.2, offset=0.1, tps_scale=0.05)
+    warped = apply_tps(images, warp, padding_mode="reflection")
+    conv = torch.nn.Conv2d(3, 4, 1)  # pointwise: commutes with any warp
+
+    with torch.no_grad():
+        assert equivariance_loss(conv(images), conv(warped), warp) < 1e-10
+        ramp = torch.linspace(0, 1, 31).expand(1, 4, 24, 31)  # a fixed position-dependent map
+        assert equivariance_loss(conv(images) + ramp, conv(warped) + ramp, warp) > 1e-3
+
+
+def test_identity_tps_leaves_maps_unchanged():
+    x = torch.rand(2, 5, 17, 23)
+    assert torch.allclose(apply_tps(x, identity_tps(2)), x, atol=1e-5)
+
+
+def test_sliced_wasserstein_moves_prototypes_towards_the_descriptors():
+    torch.manual_seed(0)
+    centres = F.normalize(torch.randn(2, 16), dim=1)
+    desc = F.normalize(centres.repeat_interleave(64, 0) + 0.05 * torch.randn(128, 16), dim=1)
+    protos = torch.nn.Parameter(F.normalize(torch.randn(4, 16), dim=1))
+    opt = torch.optim.Adam([protos], lr=0.1, betas=(0.5, 0.999))
+
+    def nearest_centre_distance():
+        p = F.normalize(protos.detach(), dim=1)
+        return ((centres[:, None] - p[None]) ** 2).mean(-1).min(1).values  # per cluster
+
+    before = nearest_centre_distance()
+    for _ in range(150):
+        opt.zero_grad()
+        sliced_wasserstein_loss(desc, protos).backward()
+        opt.step()
+    after = nearest_centre_distance()
+    assert (after < 0.2 * before).all(), (before, after)  # every cluster got a prototype
+    assert after.max() < 0.005
+
+
+def test_sliced_wasserstein_does_not_touch_the_descriptors():
+    desc = F.normalize(torch.randn(20, 8), dim=1).requires_grad_()
+    protos = torch.nn.Parameter(torch.randn(3, 8))
+    sliced_wasserstein_loss(desc, protos).backward()
+    assert desc.grad is None and protos.grad is not None
+
+
+def test_kmeans_loss_pulls_descriptors_to_their_nearest_prototype_only():
+    protos = torch.nn.Parameter(F.normalize(torch.eye(4), dim=1))
+    desc = F.normalize(torch.tensor([[1.0, 0.3, 0.0, 0.0]]), dim=1).requires_grad_()
+    loss = kmeans_loss(desc, protos)
+    loss.backward()
+    assert protos.grad is None
+    stepped = F.normalize(desc - 0.1 * desc.grad, dim=1)
+    assert kmeans_loss(stepped, protos) < loss
+    # Weighted: a zero-weight descriptor does not count.
+    far = F.normalize(torch.tensor([[0.5, 0.5, 0.5, 0.5]]), dim=1)
+    both = torch.cat([desc.detach(), far])
+    assert kmeans_loss(both, protos, weights=torch.tensor([1.0, 0.0])) == pytest.approx(loss.item())
+
+
+def test_reconstruction_loss_is_mse():
+    a, b = torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.5)
+    assert reconstruction_loss(a, b) == pytest.approx(0.25)
+
+
+def test_perceptual_loss_fails_clearly_without_local_weights(tmp_path):
+    with pytest.raises(ConfigError, match="vgg16_weights"):
+        VGGPerceptual(None)
+    with pytest.raises(ConfigError, match="not found"):
+        VGGPerceptual(tmp_path / "vgg16.pth")
+
+
+def test_rgba_decoder_composites_with_alpha_summing_to_one():
+    torch.manual_seed(0)
+    dec = RgbaDecoder(descriptor_dim=8, hidden=16)
+    kp = torch.tensor([[[-0.5, -0.5], [0.5, 0.4]]])
+    out = dec(kp, torch.tensor([[0.9, 0.8]]), F.normalize(torch.randn(1, 2, 8), dim=-1), (12, 20))
+    assert out["reconstruction"].shape == (1, 3, 12, 20)
+    assert out["alpha"].shape == (1, 3, 12, 20)
+    assert torch.allclose(out["alpha"].sum(1), torch.ones(1, 12, 20), atol=1e-5)
+
+
+def test_empty_slots_do_not_paint():
+    """A slot with score 0 contributes nothing: its descriptor gets no gradient (varying object counts)."""
+    torch.manual_seed(0)
+    kp = torch.tensor([[[-0.5, 0.0], [0.5, 0.0]]])
+    scores = torch.tensor([[1.0, 0.0]])
+    for dec in (SplatDecoder(descriptor_dim=4, width=8), RgbaDecoder(descriptor_dim=4, hidden=8)):
+        desc = F.normalize(torch.randn(1, 2, 4), dim=-1).requires_grad_()
+        dec(kp, scores, desc, (16, 16))["reconstruction"].sum().backward()
+        assert desc.grad[0, 0].abs().sum() > 0
+        assert desc.grad[0, 1].abs().max() < 1e-3 * desc.grad[0, 0].abs().max()

@@ -1,0 +1,234 @@
+"""``kp-perception eval`` for TUSK checkpoints: object discovery, attributes, detection, purity.
+
+What is measured depends on the data (several paths may be given; each is reported under its stem):
+
+- Multi-object folders (images/, masks/, objects.csv; ``sim tetrominoes``, ``sim mnist-hard``):
+  * foreground ARI, masks = argmax of the RGBA decoder's alpha maps (the
+    decoder comes from ``checkpoint["training"]["method"]``); without that
+    decoder (e.g. a bare exported encoder) each pixel goes to its nearest
+    keypoint instead, and ``mask_source`` says so;
+  * shape and colour accuracy: kept keypoints (score >= ``score_threshold``) are
+    matched to objects (Hungarian on centre distance, within ``match_radius`` of
+    the image size), each prototype takes the value it best represents;
+  * prototype purity against object identity (shape + colour);
+  * when every shape is a digit (MNIST-hard): localisation / precision with a
+    20×20 box at IoU >= 0.5, and classification by Hungarian prototype -> digit.
+- Bags/videos/folders with ``--annotations`` (``sim tabletop``): purity of the
+  prototype assignments against the simulator's object identities: each kept
+  keypoint is matched to the nearest visible object point (``<object>/...``
+  annotation names) within ``match_radius``.
+
+Coordinates are compared in the stored images' pixels (the objects.csv frame).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kp_perception.errors import DataError
+from kp_perception.preprocessing import model_to_frame_pixels, normalized_to_model_pixels
+from training.evaluation.ari import foreground_ari
+from training.evaluation.attributes import attribute_accuracy, match_points
+from training.evaluation.detection import detection_metrics
+from training.evaluation.purity import inverse_purity, purity
+from training.tusk.method import TuskMethod, image_size_of
+
+
+def load_method(checkpoint: dict) -> tuple[TuskMethod, bool]:
+    """TuskMethod with the checkpoint's weights; second value: whether the decoder was restored."""
+    method = TuskMethod(checkpoint["config"])
+    method.encoder.load_state_dict(checkpoint["encoder"])
+    state = (checkpoint.get("training") or {}).get("method")
+    has_decoder = False
+    if isinstance(state, dict):
+        dec = {k[len("decoder.") :]: v for k, v in state.items() if k.startswith("decoder.")}
+        if dec:
+            method.decoder.load_state_dict(dec)
+            has_decoder = True
+    return method.eval(), has_decoder
+
+
+@torch.no_grad()
+def predict(method: TuskMethod, images: torch.Tensor, use_decoder: bool) -> dict[str, np.ndarray]:
+    """Encoder (+ decoder) on B×3×H×W -> numpy keypoints (model px), scores, prototypes, masks B×H×W."""
+    out = method.encoder.infer(images)
+    h, w = images.shape[-2:]
+    kp = out["keypoints"]
+    if use_decoder and method.decoder_kind == "rgba":
+        dec = method.decoder(kp, out["scores"], out["descriptors"], (h, w))
+        masks = dec["alpha"].argmax(1)  # 0 = background layer, k+1 = keypoint k
+    else:  # nearest keypoint (a Voronoi split): what is left without the decoder
+        from training.tusk.decoders import pixel_grid
+
+        grid = pixel_grid(h, w, kp.device, kp.dtype)
+        d = (grid[None, None] - kp[:, :, None, None, :]).pow(2).sum(-1)
+        masks = d.argmin(1) + 1
+    xy = np.stack([normalized_to_model_pixels(k, w, h) for k in kp.cpu().numpy()])
+    return {
+        "xy": xy,
+        "scores": out["scores"].cpu().numpy(),
+        "prototypes": out["prototype_ids"].cpu().numpy(),
+        "masks": masks.cpu().numpy(),
+    }
+
+
+def evaluate_multi_object(
+    method: TuskMethod,
+    folder: Path,
+    use_decoder: bool,
+    score_threshold: float = 0.5,
+    match_radius: float = 0.25,
+    batch_size: int = 32,
+    max_images: int | None = None,
+) -> dict:
+    """Metrics on one multi-object folder (see module docstring)."""
+    from tqdm import tqdm
+
+    from training.data.multi_object import MultiObjectDataset
+
+    width, height = image_size_of(method.config)
+    model_ds = MultiObjectDataset(folder, size=(width, height))
+    native_ds = MultiObjectDataset(folder, size=None)
+    n = len(model_ds) if max_images is None else min(len(model_ds), int(max_images))
+    aris: list[float] = []
+    obj_protos: list[int | None] = []
+    shapes: list[str] = []
+    colours: list[str] = []
+    det_items: list[dict] = []
+    digits = True
+    for start in tqdm(range(0, n, batch_size), desc=f"eval {folder.name}", unit="batch", leave=False):
+        idx = list(range(start, min(n, start + batch_size)))
+        images = torch.stack([model_ds[i]["image"] for i in idx])
+        pred = predict(method, images, use_decoder)
+        for j, i in enumerate(idx):
+            native = native_ds[i]
+            nh, nw = native["mask"].shape
+            masks = pred["masks"][j]
+            if (nh, nw) != masks.shape:
+                import cv2
+
+                masks = cv2.resize(masks.astype(np.int32), (nw, nh), interpolation=cv2.INTER_NEAREST)
+            aris.append(foreground_ari(native["mask"].numpy(), masks))
+            xy = model_to_frame_pixels(pred["xy"][j], (width, height), (nw, nh))
+            keep = pred["scores"][j] >= score_threshold
+            objs = model_ds.objects[i]
+            true_xy = np.array([[o.x, o.y] for o in objs], dtype=np.float64).reshape(-1, 2)
+            kept = np.flatnonzero(keep)
+            pairs = dict(
+                (t, int(kept[p])) for p, t in match_points(xy[kept], true_xy, match_radius * max(nw, nh))
+            )
+            for t, o in enumerate(objs):
+                obj_protos.append(int(pred["prototypes"][j][pairs[t]]) if t in pairs else None)
+                shapes.append(str(o.shape))
+                colours.append(str(o.color))
+                digits = digits and str(o.shape).isdigit()
+            det_items.append(
+                {
+                    "xy": xy,
+                    "scores": pred["scores"][j],
+                    "prototypes": pred["prototypes"][j],
+                    "true_xy": true_xy,
+                    "labels": np.array([int(o.shape) if str(o.shape).isdigit() else -1 for o in objs]),
+                }
+            )
+    matched = [(p, f"{s}/{c}") for p, s, c in zip(obj_protos, shapes, colours, strict=True) if p is not None]
+    result = {
+        "images": n,
+        "objects": len(shapes),
+        "mask_source": "alpha" if use_decoder and method.decoder_kind == "rgba" else "nearest_keypoint",
+        "foreground_ari": float(np.nanmean(aris)) if aris else float("nan"),
+        "shape_accuracy": attribute_accuracy(obj_protos, shapes),
+        "colour_accuracy": attribute_accuracy(obj_protos, colours),
+        "objects_matched": len(matched) / max(len(shapes), 1),
+        "purity": purity([p for p, _ in matched], [i for _, i in matched]),
+        "inverse_purity": inverse_purity([p for p, _ in matched], [i for _, i in matched]),
+        "prototypes_used": len({p for p, _ in matched}),
+        "score_threshold": score_threshold,
+    }
+    if digits and shapes:
+        result["detection"] = detection_metrics(det_items, score_threshold=score_threshold)
+    return result
+
+
+def evaluate_tabletop(
+    method: TuskMethod,
+    data_paths: list[str],
+    annotations: str,
+    score_threshold: float = 0.5,
+    match_radius: float = 0.08,
+) -> dict:
+    """Prototype purity against object identities on annotated video (``sim tabletop``)."""
+    from tqdm import tqdm
+
+    from kp_perception.preprocessing import resize_rgb
+    from kp_perception.sequences import open_sequences
+    from training.sim.annotations import read_annotations
+
+    width, height = image_size_of(method.config)
+    points: dict[tuple[str, int], list[tuple[str, float, float]]] = {}
+    for a in read_annotations(annotations):
+        if "/" in a.name and not a.name.startswith("arm/") and getattr(a, "visible", True):
+            points.setdefault((a.sequence, int(a.frame)), []).append((a.name.split("/")[0], a.x, a.y))
+    protos: list[int] = []
+    identities: list[str] = []
+    frames = 0
+    for seq in open_sequences(data_paths, image_topic=method.config.get("data", {}).get("image_topic")):
+        for f, frame in enumerate(tqdm(seq.iter_frames(), desc=f"eval {seq.name}", unit="frame", leave=False)):
+            truth = points.get((seq.name, f))
+            if not truth:
+                continue
+            fh, fw = frame.shape[:2]
+            image = torch.from_numpy(resize_rgb(frame, width, height)).permute(2, 0, 1).float().div(255)
+            pred = predict(method, image[None], use_decoder=False)
+            xy = model_to_frame_pixels(pred["xy"][0], (width, height), (fw, fh))
+            keep = np.flatnonzero(pred["scores"][0] >= score_threshold)
+            true_xy = np.array([[x, y] for _, x, y in truth])
+            for k in keep:
+                d = np.linalg.norm(true_xy - xy[k], axis=1)
+                if d.min() <= match_radius * max(fw, fh):
+                    protos.append(int(pred["prototypes"][0][k]))
+                    identities.append(truth[int(d.argmin())][0])
+            frames += 1
+    if frames == 0:
+        raise DataError(f"{annotations}: no annotated frame matches the data's sequences")
+    return {
+        "frames": frames,
+        "detections_matched": len(protos),
+        "purity": purity(protos, identities),
+        "inverse_purity": inverse_purity(protos, identities),
+        "prototypes_used": len(set(protos)),
+        "identities": sorted(set(identities)),
+        "score_threshold": score_threshold,
+    }
+
+
+def evaluate(
+    checkpoint: dict,
+    data_paths: list[str],
+    annotations: str | None,
+    out_dir: Path | None,
+    seed: int = 0,
+    score_threshold: float = 0.5,
+    max_images: int | None = None,
+) -> dict:
+    """Evaluate a TUSK checkpoint on each data path (contract B); JSON-able dict."""
+    torch.manual_seed(seed)
+    method, has_decoder = load_method(checkpoint)
+    results: dict = {"kind": "tusk"}
+    frame_sources = []
+    for p in data_paths:
+        path = Path(p)
+        if (path / "images").is_dir() and (path / "masks").is_dir():
+            results[path.name] = evaluate_multi_object(
+                method, path, has_decoder, score_threshold=score_threshold, max_images=max_images
+            )
+        else:
+            frame_sources.append(p)
+    if frame_sources:
+        if annotations is None:
+            raise DataError(f"{frame_sources[0]}: TUSK evaluation on video needs --annotations (object identities)")
+        results["tabletop"] = evaluate_tabletop(method, frame_sources, annotations, score_threshold=score_threshold)
+    return results
