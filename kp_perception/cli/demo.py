@@ -110,9 +110,10 @@ def _check_args(args: argparse.Namespace) -> None:
     if not 32 <= args.size <= 1024:
         raise ConfigError(f"--size {args.size}: expected 32 to 1024 pixels")
     if not args.model.is_file():
-        hint = "run `make models` to train the shipped models" if args.model == default_model(args.kind) else \
-            "check the path"
-        raise ModelLoadError(f"{args.model}: model file not found ({hint}, or pass --model FILE.onnx)")
+        raise ModelLoadError(
+            f"{args.model}: model file not found (run `make models` to train the shipped models, "
+            "or pass --model FILE.onnx)"
+        )
     # The node checks this too, but a wrong model should fail here in one line, before any simulation.
     read_sidecar(sidecar_path(args.model), expected_kind=args.kind)
 
@@ -469,6 +470,7 @@ def _summarise(args, frames, recording, sent, received, node_exit, domain) -> di
         "frames_sent": len(sent),
         "frames_received": len(results),
         "frames_unanswered": len(sent) - len(results),
+        "answered_frames": shown,
         "unmatched_messages": unmatched,
         "input_rate_hz": round((len(sent) - 1) / sent_span, 2) if sent_span else None,
         "output_rate_hz": round((len(receive_times) - 1) / span_s, 2) if span_s else None,
@@ -493,6 +495,7 @@ def _summarise(args, frames, recording, sent, received, node_exit, domain) -> di
             "gif": str(gif) if shown else None,
             "mp4": str(mp4) if shown else None,
             "png": str(png) if shown else None,
+            "png_frame": shown[len(shown) // 2] if shown else None,
             "summary": str(out / "summary.json"),
             "node_log": str(out / "node.log"),
         },
@@ -534,6 +537,6 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         f"outputs in {out}/:",
     ]
     for key, path in summary["outputs"].items():
-        if path:
+        if isinstance(path, str):
             lines.append(f"  {key:10s} {path}")
     print("\n".join(lines), flush=True)
