@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import tempfile
 import time
@@ -58,21 +59,30 @@ def _per_frame_breakdown(config, frames: int) -> dict:
     }
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the pool workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run(args: argparse.Namespace) -> dict:
     from training.sim.tabletop import TabletopConfig, generate_tabletop
 
     config = TabletopConfig(frames=args.frames, size=args.size, seed=args.seed)
     total_frames = args.episodes * args.frames
     seconds: dict[int, list[float]] = {1: [], 2: []}
+    cores: dict[int, list[float]] = {1: [], 2: []}  # CPU seconds used per wall second
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for r in range(args.repeats):
             order = (1, 2) if r % 2 == 0 else (2, 1)  # alternate so drifting load hits both alike
             for workers in order:
                 out = Path(tmp) / f"w{workers}_r{r}"
+                cpu0 = _cpu_seconds()
                 t0 = time.perf_counter()
                 generate_tabletop(out, args.episodes, config, storage=args.storage, workers=workers,
                                   show_progress=False)
                 seconds[workers].append(time.perf_counter() - t0)
+                cores[workers].append((_cpu_seconds() - cpu0) / seconds[workers][-1])
     fps = {w: total_frames / statistics.median(s) for w, s in seconds.items()}
     return {
         "benchmark": "sim_speed",
@@ -86,6 +96,12 @@ def run(args: argparse.Namespace) -> dict:
         "speedup_2_over_1": round(fps[2] / fps[1], 2),
         "wall_s_1_worker": [round(s, 2) for s in seconds[1]],
         "wall_s_2_workers": [round(s, 2) for s in seconds[2]],
+        # How many cores the runs actually got: near 1 and 2 on a quiet machine. When the
+        # 2-worker run gets little more than 1, the machine (not the simulator) is the limit.
+        "cores_used_1_worker": round(statistics.median(cores[1]), 2),
+        "cores_used_2_workers": round(statistics.median(cores[2]), 2),
+        "cpu_ms_per_frame_2_workers": round(1000 * statistics.median(
+            [c * s for c, s in zip(cores[2], seconds[2], strict=True)]) / total_frames, 1),
         "breakdown_one_process": _per_frame_breakdown(config, args.frames),
         "note": "end to end (set-up, physics, render, annotations, bag writing); wall-clock on a shared "
         "CPU, so absolute figures are noisy; the ratio is measured side by side in one run",
