@@ -40,7 +40,9 @@ def _keypoints_in_frames(checkpoint: dict, data_paths: list[str], keys: set[tupl
     encoder.load_state_dict(checkpoint["encoder"])
     encoder.eval()
     data = config.get("data", {})
-    caches = load_cached_sequences(data_paths, (width, height), image_topic=data.get("image_topic"))
+    caches = load_cached_sequences(
+        data_paths, (width, height), image_topic=data.get("image_topic"), cache_dir=data.get("cache_dir")
+    )
     out: dict[tuple[str, int], np.ndarray] = {}
     with torch.no_grad():
         for seq, frames in caches:
