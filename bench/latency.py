@@ -14,7 +14,11 @@ processes hits all of them alike:
 Weights do not change the cost of these graphs, so initial weights are enough.
 ``onnxruntime_over_torch_p50`` < 0.5 means onnxruntime is more than 2× faster.
 
-    python -m bench.latency [--kinds pyramids tusk --iters 200 --threads 2]
+Each thread count is measured separately (default 1 and all cores): on a
+shared, oversubscribed CPU torch's OpenMP threads degrade far more than
+onnxruntime's, so the single-thread ratio is the fairer one there.
+
+    python -m bench.latency [--kinds pyramids tusk --iters 200 --threads 1 2]
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tusk-config", default="tusk_tetrominoes", help="training config name/path for tusk")
     parser.add_argument("--iters", type=int, default=200, help="timed calls per backend and measurement")
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="intra-op threads for onnxruntime and torch alike")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1],
+                        help="intra-op thread counts to measure, each for onnxruntime and torch alike")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -107,17 +111,17 @@ def run(args: argparse.Namespace) -> dict:
 
     from kp_perception.backends import load_backend
 
-    torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
     with_trt = _tensorrt_available()
+    threads = sorted(set(args.threads))
     report: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         },
-        "threads": args.threads,
+        "threads": threads,
         "iters": args.iters,
         "batch": 1,
         "frame": [640, 480],
@@ -129,37 +133,41 @@ def run(args: argparse.Namespace) -> dict:
             config_name = args.tusk_config if kind == "tusk" else args.pyramids_config
             model_config, config_source = _model_config(kind, config_name)
             onnx_path = _export(kind, model_config, args.image_size, Path(tmp), args.seed)
-            backends = {
-                "onnxruntime": load_backend(onnx_path, providers=["CPUExecutionProvider"], threads=args.threads),
-                "torch": load_backend(onnx_path.with_suffix(".pt"), threads=args.threads),
-            }
-            if with_trt:
-                backends["tensorrt"] = load_backend(onnx_path, backend="tensorrt")
-            batch = backends["onnxruntime"].preprocess(frame)
-            inference = _interleaved(
-                {name: (lambda b=b, x=batch: b.run(x)) for name, b in backends.items()},
-                args.iters, args.warmup, f"{kind} inference",
-            )
-            full = _interleaved(
-                {name: (lambda b=b: b.infer(frame)) for name, b in backends.items()},
-                args.iters, args.warmup, f"{kind} with preprocessing",
-            )
             entry: dict[str, Any] = {
                 "image_size": [args.image_size, args.image_size],
                 "model_config": config_source,
-                "parameters": int(sum(p.numel() for p in backends["torch"].graph.parameters())),
-                "backends": {
+                "by_threads": {},
+            }
+            for n in threads:
+                torch.set_num_threads(n)
+                backends = {
+                    "onnxruntime": load_backend(onnx_path, providers=["CPUExecutionProvider"], threads=n),
+                    "torch": load_backend(onnx_path.with_suffix(".pt"), threads=n),
+                }
+                if with_trt:
+                    backends["tensorrt"] = load_backend(onnx_path, backend="tensorrt")
+                entry["parameters"] = int(sum(p.numel() for p in backends["torch"].graph.parameters()))
+                batch = backends["onnxruntime"].preprocess(frame)
+                inference = _interleaved(
+                    {name: (lambda b=b, x=batch: b.run(x)) for name, b in backends.items()},
+                    args.iters, args.warmup, f"{kind} inference, {n} thread(s)",
+                )
+                full = _interleaved(
+                    {name: (lambda b=b: b.infer(frame)) for name, b in backends.items()},
+                    args.iters, args.warmup, f"{kind} with preprocessing, {n} thread(s)",
+                )
+                figures: dict[str, Any] = {
                     name: {
                         "inference_ms": _percentiles(inference[name]),
                         "with_preprocessing_ms": _percentiles(full[name]),
                     }
                     for name in backends
-                },
-            }
-            ort_p50 = entry["backends"]["onnxruntime"]["inference_ms"]["p50"]
-            torch_p50 = entry["backends"]["torch"]["inference_ms"]["p50"]
-            entry["onnxruntime_over_torch_p50"] = round(ort_p50 / torch_p50, 4)
-            entry["onnxruntime_speedup_vs_torch_p50"] = round(torch_p50 / ort_p50, 3)
+                }
+                ort_p50 = figures["onnxruntime"]["inference_ms"]["p50"]
+                torch_p50 = figures["torch"]["inference_ms"]["p50"]
+                figures["onnxruntime_over_torch_p50"] = round(ort_p50 / torch_p50, 4)
+                figures["onnxruntime_speedup_vs_torch_p50"] = round(torch_p50 / ort_p50, 3)
+                entry["by_threads"][str(n)] = figures
             report["kinds"][kind] = entry
         pre = _interleaved({"pre": lambda: backends["onnxruntime"].preprocess(frame)},
                            max(args.iters, 200), args.warmup, "preprocessing")

@@ -271,17 +271,20 @@ def _validate(path: Path, sidecar: Sidecar) -> None:
     num_keypoints = _num_keypoints(sidecar)
     if num_keypoints < 0:
         raise ModelLoadError(f"{path}: sidecar has no B×K×2 'keypoints' output")
-    expected = make_sidecar(
-        sidecar.kind,
-        sidecar.input_width,
-        sidecar.input_height,
-        level_sizes=sidecar.level_sizes,
-        parents=sidecar.parents if sidecar.kind in HIERARCHY_KINDS else (),
-        num_keypoints=num_keypoints,
-        num_prototypes=sidecar.num_prototypes,
-        descriptor_dim=sidecar.descriptor_dim,
-        dynamic_batch=sidecar.dynamic_batch,
-    )
+    try:
+        expected = make_sidecar(
+            sidecar.kind,
+            sidecar.input_width,
+            sidecar.input_height,
+            level_sizes=sidecar.level_sizes,
+            parents=sidecar.parents if sidecar.kind in HIERARCHY_KINDS else (),
+            num_keypoints=num_keypoints,
+            num_prototypes=sidecar.num_prototypes,
+            descriptor_dim=sidecar.descriptor_dim,
+            dynamic_batch=sidecar.dynamic_batch,
+        )
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
     for what in ("inputs", "outputs"):
         found_specs, expected_specs = getattr(sidecar, what), getattr(expected, what)
         if found_specs != expected_specs:
