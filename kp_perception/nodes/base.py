@@ -94,6 +94,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               choices=("", "onnxruntime", "tensorrt", "torch")),
     ParamSpec("providers", "", "onnxruntime execution providers, comma-separated in priority order "
               "(e.g. 'CUDAExecutionProvider,CPUExecutionProvider'); empty = the backend's default."),
+    ParamSpec("threads", 0, "CPU threads for onnxruntime/torch inference; 0 = the library default (all "
+              "cores). Lower it when the node shares a small CPU with the camera driver and the policy.",
+              int_range=(0, 256)),
     ParamSpec("score_threshold", 0.0, "Keypoints/detections scoring below this are not published "
               "(structured message and debug image; the flat array keeps all rows). Settable at run time.",
               read_only=False, float_range=(0.0, 1.0)),
@@ -129,6 +132,7 @@ class NodeSettings:
     model_file_path: str
     backend: str
     providers: str
+    threads: int
     score_threshold: float
     image_topic: str
     compressed_input: bool
@@ -338,6 +342,7 @@ class KeypointNode(Node):
             backend=s.backend or None,
             providers=s.provider_list,
             expected_kind=self.expected_kind,
+            threads=s.threads,
         )
 
     # input
