@@ -60,7 +60,7 @@ def _one_line_error(capsys, argv: list[str], *fragments: str) -> str:
 
 
 @pytest.mark.timeout(240)
-def test_train_keynet_resumes_on_rerun_and_refuses_changed_config(frames, tmp_path, capsys):
+def test_train_keynet_resumes_bit_exact_on_rerun_and_refuses_changed_config(frames, tmp_path, capsys):
     out, cache = tmp_path / "run", tmp_path / "cache"
     assert main(_train_args(frames, out, cache, "--steps", "3")) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -79,6 +79,16 @@ def test_train_keynet_resumes_on_rerun_and_refuses_changed_config(frames, tmp_pa
     resumed = load_checkpoint(out / "last.pt")
     assert resumed["training"]["step"] == 5
     assert any(not torch.equal(resumed["encoder"][k], ckpt["encoder"][k]) for k in ckpt["encoder"])
+
+    # 3 + 2 resumed steps are bit-identical to 5 straight steps (weights, BatchNorm statistics, Adam moments).
+    assert main(_train_args(frames, tmp_path / "straight", cache, "--steps", "5")) == 0
+    capsys.readouterr()
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")["training"]
+    for key, value in straight["method"].items():
+        assert torch.equal(value, resumed["training"]["method"][key]), key
+    adam = straight["optimizers"]["main"]["state"]
+    for pid, state in adam.items():
+        assert torch.equal(state["exp_avg_sq"], resumed["training"]["optimizers"]["main"]["state"][pid]["exp_avg_sq"])
 
     _one_line_error(capsys, _train_args(frames, out, cache, "--steps", "7", "--set", "model.width=16"),
                     "model.width", str(out / "last.pt"))

@@ -129,6 +129,11 @@ def test_loss_falls_and_run_directory_is_complete(tmp_path):
     losses = [e.value for e in acc.Scalars("loss/main")]
     assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
     assert "recon" in acc.Tags()["images"]
+    pngs = sorted((out / "images" / "recon").glob("*.png"))  # the same examples as PNG files
+    assert [p.stem for p in pngs] == [f"{s:08d}" for s in range(5, 41, 5)]
+    import cv2
+
+    assert cv2.imread(str(pngs[-1])).shape == (8, 2 * (8 + 2), 3)
     assert "speed/images_per_second" in acc.Tags()["scalars"]
 
     best = load_checkpoint(out / "best.pt")

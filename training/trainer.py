@@ -10,6 +10,7 @@ Run directory ``RUN/``:
     best.pt       the checkpoint with the lowest mean validation loss (when the
                   method has a val split) or else the lowest training-loss EMA
     tb/           TensorBoard scalars and the method's example images
+    images/       the same example images as PNG, images/<tag>/<step>.png
 
 Exact resume. Data order is a pure function of (seed, rank, position in the
 stream): each rank walks an endless stream of per-epoch permutations
@@ -403,7 +404,10 @@ def _train(
         dump_config(config, out / "config.yaml")
         from torch.utils.tensorboard import SummaryWriter
 
+        from training.tensorboard_images import ExampleImageWriter
+
         writer = SummaryWriter(str(out / "tb"), purge_step=step if resume is not None else None)
+        image_writer = ExampleImageWriter(writer, out / "images")
 
     best_by = "val_loss" if val_ds is not None and len(val_ds) > 0 else "train_loss_ema"
     main_params = [p for g in optimizers["main"].param_groups for p in g["params"]]
@@ -492,7 +496,7 @@ def _train(
                 if main and step % settings.image_every == 0:
                     with _forked_rng(), torch.no_grad():
                         model.eval()
-                        model.log_images(writer, batch, step)
+                        model.log_images(image_writer, batch, step)
                         model.train()
 
                 if best_by == "val_loss" and (step % settings.val_every == 0 or step == settings.steps):

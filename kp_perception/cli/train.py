@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
         description=(
             "Train a model on bags, videos, image folders or multi-object folders. RUN/ receives config.yaml "
             "(resolved), last.pt, best.pt (lowest val loss, or lowest training-loss EMA without a val split) "
-            "and tb/ (TensorBoard scalars and images). Running it again on the same RUN resumes exactly from "
+            "tb/ (TensorBoard scalars and images) and images/ (the example images as PNG). Running it again on the same RUN resumes exactly from "
             "last.pt; only --steps, --max-minutes and logging settings may change then. Ctrl-C/SIGTERM "
             "stop cleanly with a checkpoint. Multi-process: torchrun --nproc_per_node N $(which kp-perception) "
             "train ... (gloo on CPU, NCCL on GPU)."
