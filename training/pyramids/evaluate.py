@@ -125,8 +125,12 @@ def evaluate(
         offset += n
     sets["flattened"] = coords.reshape(len(frames), -1)
     rmse = {name: landmark_rmse(x, targets, visible, fit_rows, test_rows) for name, x in sets.items()}
+    motion = coords.std(axis=0).mean(axis=1)  # N, pixels: how much each keypoint moves over the frames
     metrics = {
         "kind": checkpoint["kind"],
+        # Collapse diagnostics: keypoints that never move, and distinct positions among the mean locations.
+        "keypoint_motion_px": float(motion.mean()),
+        "static_keypoints": int((motion < 0.5).sum()),
         "level_sizes": list(sizes),
         "rmse_px": rmse,
         "frames": len(frames),

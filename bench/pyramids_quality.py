@@ -1,0 +1,266 @@
+"""Keypoint Pyramids vs flat KeyNet and Transporter (10/20/30 keypoints): landmark regression RMSE, Table-1 style.
+
+One command: simulate tabletop data with ``kp-perception sim tabletop`` (train and a
+disjoint test set with ground-truth annotations), then for every method and seed run
+``kp-perception train`` with the same data, steps and seed and ``kp-perception eval``
+on the test set. Writes mean ± std RMSE (pixels of the simulated frames) per level and
+flattened as JSON and Markdown into bench/results/ and the "Keypoint Pyramids" section
+of docs/results.md, and checks the issue's goal:
+
+- flattened Pyramids RMSE beats the best 30-keypoint flat baseline by ≥ 7 %;
+- level 1 > level 2 > flattened for Pyramids;
+both on the mean over seeds.
+
+Default (CPU): 64×64 images, 40 train + 20 test episodes of 30 frames, the CPU model
+preset documented in config/training/pyramids.yaml, lr 1e-3 for every method, 600 steps,
+3 seeds, one torch thread per run. ``--paper``: 128×128, 450 episodes (360 train, 90 test),
+the paper's model sizes and Adam 1e-4, on a GPU (set --steps to what the GPU budget allows).
+The wall-clock time actually used is part of the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kp_perception.errors import KpPerceptionError
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "results.md"
+SECTION = "## Keypoint Pyramids"
+
+# The CPU preset (documented in config/training/pyramids.yaml); --paper leaves the YAML sizes.
+CPU_PRESET = [
+    "model.width=16",
+    "model.fpn_channels=32",
+    "model.head_channels=32",
+    "decoder.decoder_width=32",
+    "decoder.appearance_width=16",
+    "decoder.feature_hidden=32",
+]
+# name -> (kind, keypoints_per_level)
+METHODS: dict[str, tuple[str, list[int]]] = {
+    "pyramids": ("pyramids", [10, 20]),
+    "keynet10": ("keynet", [10]),
+    "keynet20": ("keynet", [20]),
+    "keynet30": ("keynet", [30]),
+    "transporter10": ("transporter", [10]),
+    "transporter20": ("transporter", [20]),
+    "transporter30": ("transporter", [30]),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench_pyramids",
+                        help="data, runs and caches go here; existing data and finished runs are reused")
+    parser.add_argument("--paper", action="store_true", help="paper setting: 128x128, 450 episodes, paper model, lr 1e-4 (GPU)")
+    parser.add_argument("--size", type=int, help="image size (default 64, --paper 128)")
+    parser.add_argument("--episodes", type=int, help="train episodes (default 40, --paper 360)")
+    parser.add_argument("--test-episodes", type=int, help="test episodes (default 20, --paper 90)")
+    parser.add_argument("--frames", type=int, default=30, help="frames per episode (B&O: 30)")
+    parser.add_argument("--steps", type=int, help="training steps per run (default 600, --paper 20000)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, help="Adam learning rate for every method (default 1e-3, --paper 1e-4)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per method (>= 3 for the table)")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list out of {', '.join(METHODS)}")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra config overrides for every run (e.g. ablation.no_spring=true applies to pyramids only)")
+    parser.add_argument("--max-minutes", type=float, help="optional wall-clock cap per run (train.max_minutes)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per run (1: on a shared 2-core CPU more threads thrash; 0 = torch default)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: the trainer's choice")
+    parser.add_argument("--no-doc", action="store_true", help="do not update docs/results.md")
+    parser.add_argument("--tag", default="", help="suffix of the result files (e.g. quick)")
+
+
+def _cli(args: list[str], env: dict[str, str], log: Path) -> str:
+    cmd = [sys.executable, "-m", "kp_perception.cli.main", *args]
+    with open(log, "a") as f:
+        f.write("$ kp-perception " + " ".join(args) + "\n")
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=f, text=True)
+        f.write(proc.stdout)
+    if proc.returncode != 0:
+        raise KpPerceptionError(f"kp-perception {args[0]} failed (exit {proc.returncode}); see {log}")
+    return proc.stdout
+
+
+def _simulate(out: Path, episodes: int, frames: int, size: int, seed: int, env: dict, log: Path) -> None:
+    if (out / "annotations.csv").is_file():
+        return
+    _cli(["sim", "tabletop", "--out", str(out), "--episodes", str(episodes), "--frames", str(frames),
+          "--size", str(size), "--seed", str(seed), "--overwrite"], env, log)
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "n": len(arr)}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    size = args.size or (128 if args.paper else 64)
+    episodes = args.episodes or (360 if args.paper else 40)
+    test_episodes = args.test_episodes or (90 if args.paper else 20)
+    steps = args.steps or (20000 if args.paper else 600)
+    lr = args.lr or (1e-4 if args.paper else 1e-3)
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise KpPerceptionError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if args.seeds < 1:
+        raise KpPerceptionError("--seeds must be >= 1")
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "bench.log"
+    env = dict(os.environ, KP_PERCEPTION_CACHE=str(work / "cache"), MPLBACKEND="Agg")
+    if args.threads > 0:
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    started = time.monotonic()
+    train_dir = work / f"sim_train_{size}_{episodes}x{args.frames}"
+    test_dir = work / f"sim_test_{size}_{test_episodes}x{args.frames}"
+    _simulate(train_dir, episodes, args.frames, size, 1, env, log)
+    _simulate(test_dir, test_episodes, args.frames, size, 100_000, env, log)
+    sim_seconds = time.monotonic() - started
+
+    common = [f"data.image_size={size}", f"optim.lr={lr}", f"train.batch_size={args.batch_size}",
+              "train.num_workers=0", f"train.checkpoint_every={max(steps, 1)}", f"train.image_every={max(steps, 1)}"]
+    if not args.paper:
+        common += CPU_PRESET
+    runs: list[dict[str, Any]] = []
+    for name in names:
+        kind, sizes = METHODS[name]
+        extra = [s for s in args.set if kind == "pyramids" or not s.startswith(("ablation.", "loss.transport", "loss.spring"))]
+        for seed in range(args.seeds):
+            run_dir = work / "runs" / f"{name}_s{seed}_{size}px_{steps}st{args.tag and '_' + args.tag}"
+            t0 = time.monotonic()
+            train_args = ["train", kind, "--data", str(train_dir), "--out", str(run_dir), "--steps", str(steps),
+                          "--seed", str(seed), "--no-progress", "--set", *common,
+                          f"model.keypoints_per_level={json.dumps(sizes)}", *extra]
+            if args.max_minutes:
+                train_args += ["--max-minutes", str(args.max_minutes)]
+            if args.device:
+                train_args += ["--device", args.device]
+            summary_line = _cli(train_args, env, log).strip().splitlines()[-1]
+            train_summary = json.loads(summary_line)
+            t1 = time.monotonic()
+            metrics_file = run_dir / "landmarks_test.json"
+            _cli(["eval", str(run_dir), "--data", str(test_dir), "--annotations", str(test_dir / "annotations.csv"),
+                  "--checkpoint", "last", "--seed", str(seed), "--json", str(metrics_file)], env, log)
+            metrics = json.loads(metrics_file.read_text())
+            runs.append({
+                "method": name, "seed": seed, "rmse_px": metrics["rmse_px"],
+                "static_keypoints": metrics.get("static_keypoints"),
+                "keypoint_motion_px": metrics.get("keypoint_motion_px"),
+                "final_loss_ema": train_summary.get("loss_ema"), "steps": train_summary.get("step"),
+                "images_per_second": train_summary.get("images_per_second"),
+                "train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.monotonic() - t1, 1),
+            })
+            print(f"{name} seed {seed}: {metrics['rmse_px']}", file=sys.stderr)
+
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for name in names:
+        rows = [r for r in runs if r["method"] == name]
+        keys = rows[0]["rmse_px"].keys()
+        table[name] = {k: _summary([r["rmse_px"][k] for r in rows]) for k in keys}
+    result: dict[str, Any] = {
+        "setting": {"size": size, "train_episodes": episodes, "test_episodes": test_episodes, "frames": args.frames,
+                    "steps": steps, "batch_size": args.batch_size, "lr": lr, "seeds": args.seeds,
+                    "paper": bool(args.paper), "cpu_preset": None if args.paper else CPU_PRESET,
+                    "threads": args.threads, "extra_overrides": args.set},
+        "table_rmse_px": table,
+        "runs": runs,
+        "wall_clock_seconds": {"total": round(time.monotonic() - started, 1), "simulation": round(sim_seconds, 1),
+                               "per_run_mean": round(float(np.mean([r["train_seconds"] + r["eval_seconds"] for r in runs])), 1)},
+    }
+    result["goal"] = _goal(table)
+    tag = f"_{args.tag}" if args.tag else ""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"pyramids_quality{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    markdown = _markdown(result)
+    (RESULTS / f"pyramids_quality{tag}.md").write_text(markdown)
+    if not args.no_doc:
+        _update_doc(markdown)
+    return result
+
+
+def _goal(table: dict) -> dict[str, Any]:
+    goal: dict[str, Any] = {}
+    p = table.get("pyramids")
+    flat30 = {m: table[m]["flattened"]["mean"] for m in ("keynet30", "transporter30") if m in table}
+    if p and flat30:
+        best_name = min(flat30, key=flat30.get)
+        margin = 1.0 - p["flattened"]["mean"] / flat30[best_name]
+        goal["best_flat30"] = best_name
+        goal["margin_vs_best_flat30"] = margin
+        goal["beats_best_flat30_by_7pct"] = bool(margin >= 0.07)
+    if p and "level_2" in p:
+        l1, l2, fl = p["level_1"]["mean"], p["level_2"]["mean"], p["flattened"]["mean"]
+        goal["levels_progress_l1_gt_l2_gt_flat"] = bool(l1 > l2 > fl)
+    return goal
+
+
+def _fmt(cell: dict | None) -> str:
+    return "—" if cell is None else f"{cell['mean']:.2f} ± {cell['std']:.2f}"
+
+
+def _markdown(result: dict) -> str:
+    s = result["setting"]
+    t = result["table_rmse_px"]
+    lines = [
+        f"Landmark regression RMSE (pixels of {s['size']}×{s['size']} simulated tabletop frames; lower is better), "
+        f"mean ± std over {s['seeds']} seeds. {s['train_episodes']} train / {s['test_episodes']} test episodes of "
+        f"{s['frames']} frames, {s['steps']} steps, batch {s['batch_size']}, Adam {s['lr']:g}"
+        + (", CPU model preset" if s["cpu_preset"] else ", paper model") + ". Same data, steps and seeds for every method.",
+        "",
+        "| method | level 1 | level 2 | flattened |",
+        "|---|---|---|---|",
+    ]
+    for name, cells in t.items():
+        if name == "pyramids":
+            lines.append(f"| Keypoint Pyramids (10+20) | {_fmt(cells.get('level_1'))} | {_fmt(cells.get('level_2'))} | "
+                         f"{_fmt(cells.get('flattened'))} |")
+        else:
+            lines.append(f"| {name} (flat) | — | — | {_fmt(cells.get('flattened'))} |")
+    g = result["goal"]
+    w = result["wall_clock_seconds"]
+    lines += ["", f"Wall clock: {w['total'] / 60:.1f} min in all ({w['simulation'] / 60:.1f} min simulation, "
+              f"{w['per_run_mean']:.0f} s per train+eval run, torch threads per run: {s['threads']})."]
+    if g:
+        lines.append("")
+        if "margin_vs_best_flat30" in g:
+            lines.append(f"- Goal, flattened Pyramids vs best 30-keypoint flat baseline ({g['best_flat30']}): "
+                         f"margin {100 * g['margin_vs_best_flat30']:.1f} % (needs ≥ 7 %): "
+                         f"{'met' if g['beats_best_flat30_by_7pct'] else 'NOT met'}.")
+        if "levels_progress_l1_gt_l2_gt_flat" in g:
+            lines.append(f"- Goal, level 1 > level 2 > flattened: "
+                         f"{'met' if g['levels_progress_l1_gt_l2_gt_flat'] else 'NOT met'}.")
+    return "\n".join(lines) + "\n"
+
+
+def _update_doc(markdown: str) -> None:
+    """Replace (or append) the '## Keypoint Pyramids' section of docs/results.md, leaving the rest alone."""
+    text = DOC.read_text() if DOC.is_file() else "# Results\n"
+    body = f"{SECTION}\n\nWritten by `kp-perception bench pyramids_quality` (bench/pyramids_quality.py).\n\n{markdown}"
+    start = text.find(SECTION + "\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + body
+    else:
+        nxt = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + body + (text[nxt + 1 :] if nxt >= 0 else "")
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(text)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    print(json.dumps(run(parser.parse_args()), indent=2))
