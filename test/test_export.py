@@ -118,6 +118,16 @@ def test_failed_export_leaves_no_files(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_sidecar_round_trips_and_is_written_atomically(models, tmp_path):
+    from kp_perception.sidecar import write_sidecar
+
+    side = read_sidecar(sidecar_path(models["tusk"]), expected_kind="tusk")
+    target = tmp_path / "copy.json"
+    write_sidecar(target, side)
+    assert read_sidecar(target) == side
+    assert [p.name for p in tmp_path.iterdir()] == ["copy.json"]
+
+
 def test_resolve_checkpoint_prefers_best_then_last(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"x")
     assert resolve_checkpoint(tmp_path).name == "last.pt"

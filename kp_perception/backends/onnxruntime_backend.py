@@ -65,6 +65,9 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = int(threads)
         options.log_severity_level = 3
+        # Gaussian heatmaps underflow into float32 denormals, which make x86 convs tens of times slower;
+        # treating them as zero changes nothing measurable (they are < 1.2e-38).
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
         self.providers = list(providers) if providers else default_providers()
         try:
             self.session = ort.InferenceSession(str(model_path), options, providers=self.providers)
