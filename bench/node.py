@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds discarded at the start of each run")
     parser.add_argument("--rates", type=float, nargs="+", default=[30.0, 60.0], help="input rates (Hz)")
     parser.add_argument("--inference-iterations", type=int, default=200)
+    parser.add_argument("--node-threads", type=int, default=0,
+                        help="the node's 'threads' parameter (inference threads; 0 = library default)")
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="also run a 30 Hz soak this long")
     parser.add_argument("--role", default="bench", choices=["bench", "publisher", "passthrough"],
                         help=argparse.SUPPRESS)
@@ -84,11 +86,12 @@ def _bench(args: argparse.Namespace, model: Path) -> dict:
 
     steps = 1 + 2 * len(args.rates) + (1 if args.soak_minutes > 0 else 0)
     bar = tqdm(total=steps, desc="bench node", file=sys.stderr)
-    backend = load_backend(model, expected_kind="pyramids")
+    backend = load_backend(model, expected_kind="pyramids", threads=args.node_threads)
     out: dict = {
         "model": str(model),
         "model_input": [backend.sidecar.input_width, backend.sidecar.input_height],
         "frame": [WIDTH, HEIGHT],
+        "node_threads": args.node_threads,
         "cpu_count": os.cpu_count(),
         "load_average_at_start": list(os.getloadavg()),
         "note": "measured on a CPU shared with other work unless load_average_at_start is ~0",
@@ -104,11 +107,12 @@ def _bench(args: argparse.Namespace, model: Path) -> dict:
             key = f"{rate:g}hz"
             out["passthrough"][key] = _measure(peer, "passthrough", model, rate, args.seconds, args.warmup)
             bar.update()
-            out["node"][key] = _measure(peer, "node", model, rate, args.seconds, args.warmup)
+            out["node"][key] = _measure(peer, "node", model, rate, args.seconds, args.warmup,
+                                        threads=args.node_threads)
             bar.update()
         if args.soak_minutes > 0:
             out["soak"] = _measure(peer, "node", model, 30.0, 60.0 * args.soak_minutes, args.warmup,
-                                   rss_every=10.0)
+                                   rss_every=10.0, threads=args.node_threads)
             bar.update()
     finally:
         peer.close()
@@ -164,7 +168,7 @@ def _inference(backend, iterations: int) -> dict:
 
 
 def _measure(peer: _Receiver, what: str, model: Path, rate: float, seconds: float, warmup: float,
-             rss_every: float = 0.0) -> dict:
+             rss_every: float = 0.0, threads: int = 0) -> dict:
     """One run: start the system under test and a publisher, keep what arrives after the warm-up."""
 
     env = {**os.environ, "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "PYTHONUNBUFFERED": "1"}
@@ -173,7 +177,8 @@ def _measure(peer: _Receiver, what: str, model: Path, rate: float, seconds: floa
 
         cfg = node_launch_config("pyramids", params_file=default_params_file("pyramids"), model=str(model),
                                  image_topic=IMAGE_TOPIC, namespace=NAMESPACE)
-        cmd = [sys.executable, "-m", "kp_perception.nodes.pyramids_node", *cfg.ros_arguments()]
+        cmd = [sys.executable, "-m", "kp_perception.nodes.pyramids_node", *cfg.ros_arguments(),
+               "-p", f"threads:={threads}"]
         env.update(cfg.env)
         topic = f"/{NAMESPACE}/keypoints"
     else:
