@@ -75,9 +75,14 @@ class TuskMethod(TrainingMethod):
     def __init__(self, config: dict) -> None:
         super().__init__(config)
         self.encoder = build_encoder("tusk", config.get("model", {}))
-        dec = dict(config.get("decoder", {"kind": "rgba"}))
-        self.decoder_kind = dec.pop("kind", "rgba")
-        self.decoder = build_decoder(self.decoder_kind, self.encoder.descriptor_dim, **dec)
+        # decoder: {kind: rgba|splat, rgba: {...kwargs}, splat: {...kwargs}}
+        dec = config.get("decoder", {}) or {}
+        self.decoder_kind = dec.get("kind", "rgba")
+        kwargs = dict(dec.get(self.decoder_kind, {}) or {})
+        try:
+            self.decoder = build_decoder(self.decoder_kind, self.encoder.descriptor_dim, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"decoder config is invalid: {exc}") from None
         self.loss_cfg = {**LOSS_DEFAULTS, **config.get("loss", {})}
         unknown = sorted(set(self.loss_cfg) - set(LOSS_DEFAULTS))
         if unknown:
@@ -193,7 +198,7 @@ class TuskMethod(TrainingMethod):
             sw.backward()
             all_reduce_grads([protos])
             opt.step()
-            value = float(sw)
+            value = sw.item()
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():  # keep the stored parameter on the unit sphere, as it is used
             protos.copy_(torch.nn.functional.normalize(protos, dim=1))
