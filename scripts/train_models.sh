@@ -6,7 +6,7 @@
 #
 # Steps per model: simulate (once, shared) -> kp-perception train (time budget)
 # -> kp-perception eval on held-out episodes -> kp-perception export to
-# models/<kind>.onnx + models/<kind>.json. Eval JSON goes to docs/results/.
+# models/<kind>.onnx + models/<kind>.json. Eval JSON (and its plots) go to docs/results/model_<kind>/.
 #
 # Environment knobs (defaults are what produced the committed models):
 #   KP_MODEL_MINUTES  training budget per model in minutes (default 12)
@@ -29,7 +29,7 @@ SIZE=64
 case "$WHAT" in pyramids|tusk|all) ;; *) echo "usage: $0 [pyramids|tusk|all]" >&2; exit 2 ;; esac
 
 say() { printf '[models] %s\n' "$*"; }
-mkdir -p "$WORK" models docs/results
+mkdir -p "$WORK" models docs/results/model_pyramids docs/results/model_tusk
 
 # Training data: 12 episodes x 100 frames; held-out evaluation data: 4 other episodes (another seed).
 if [ ! -f "$WORK/sim/annotations.csv" ]; then
@@ -50,7 +50,7 @@ train_eval_export() {  # kind config run_name [--set overrides...]
     --steps 1000000 --max-minutes "$MINUTES" --seed 0 --set "$@"
   say "evaluating $run on held-out episodes"
   kp-perception eval "$run" --data "$WORK/sim_eval" --annotations "$WORK/sim_eval/annotations.csv" \
-    --json "docs/results/model_${name}_eval.json"
+    --json "docs/results/model_${name}/eval.json"
   say "exporting $run -> models/$name.onnx"
   kp-perception export "$run" --onnx "models/$name.onnx"
 }
