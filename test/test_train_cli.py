@@ -141,5 +141,7 @@ def test_torchrun_keynet_two_ranks_hold_identical_weights(frames, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     hashes = {(out / f"rank_{r}_params.sha256").read_text().strip() for r in range(2)}
     assert len(hashes) == 1
+    summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1 and summaries[0]["world_size"] == 2  # rank 0 alone reports
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["training"]["world_size"] == 2 and ckpt["training"]["step"] == 2

@@ -8,6 +8,7 @@ replicas are really exercised.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -257,8 +258,16 @@ def _env() -> dict[str, str]:
 def test_torchrun_two_gloo_ranks_hold_identical_weights(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(_script(tmp_path)), str(out), '{"steps": 6, "num_workers": 0}']
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=170, cwd=tmp_path)
+           str(_script(tmp_path)), str(out)]
+    # A zero budget stops both ranks together after one step (checkpoint written), then the run resumes to 6.
+    first = subprocess.run([*cmd, '{"steps": 6, "max_minutes": 0.0}'], env=_env(), capture_output=True,
+                           text=True, timeout=80, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    stops = [json.loads(line) for line in first.stdout.splitlines() if line.startswith("{")]
+    assert [(d["rank"], d["step"], d["stopped"]) for d in sorted(stops, key=lambda d: d["rank"])] == [
+        (0, 1, "budget"), (1, 1, "budget")]
+    proc = subprocess.run([*cmd, '{"steps": 6, "num_workers": 1}'], env=_env(), capture_output=True, text=True,
+                          timeout=80, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     hashes = [(out / f"rank_{r}_params.sha256").read_text().strip() for r in range(2)]
     assert hashes[0] == hashes[1]
@@ -290,6 +299,6 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 0, stderr[-3000:]
-    summary = __import__("json").loads(stdout.strip().splitlines()[-1])
+    summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["stopped"] == "signal SIGTERM" and summary["step"] >= 1
     assert load_checkpoint(out / "last.pt")["training"]["step"] == summary["step"]

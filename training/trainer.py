@@ -194,6 +194,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _float32(value: Any) -> Any:
+    """Half-precision tensors (from autocast) back to float32, so steps outside autocast mix no dtypes."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+    if isinstance(value, dict):
+        return {k: _float32(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_float32(v) for v in value)
+    return value
+
+
 def _to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=non_blocking)
@@ -469,7 +480,7 @@ def _train(
                     torch.nn.utils.clip_grad_norm_(main_params, settings.grad_clip)
                 scaler.step(optimizers["main"])
                 scaler.update()
-                more = model.after_main_step(batch, extra, optimizers)
+                more = model.after_main_step(batch, _float32(extra), optimizers)
                 for sched in schedulers.values():
                     sched.step()
                 step += 1
@@ -508,14 +519,13 @@ def _train(
                         checkpoint(best_path)
 
                 elapsed = time.monotonic() - t_start
-                over_budget = budget is not None and elapsed >= budget
-                wants_stop = stop.signal_name is not None or over_budget
-                if world > 1:
-                    wants_stop = dist.any_rank(wants_stop)
+                flags = [float(budget is not None and elapsed >= budget), float(stop.signal_name is not None)]
+                if world > 1:  # every rank stops at the same step
+                    flags = dist.all_reduce_sum(flags, device)
+                over_budget, signalled = flags[0] > 0, flags[1] > 0
+                wants_stop = over_budget or signalled
                 if wants_stop:
-                    reason = "budget" if over_budget else "signal"
-                    if reason == "signal" and stop.signal_name:
-                        reason = f"signal {stop.signal_name}"
+                    reason = "budget" if over_budget else f"signal {stop.signal_name or 'on another rank'}"
                 if wants_stop or step % settings.checkpoint_every == 0 or step == settings.steps:
                     if best_by == "train_loss_ema":
                         mean_ema = dist.all_reduce_sum([loss_ema], device)[0] / world  # same on every rank
@@ -538,6 +548,7 @@ def _train(
         for buffer in model.buffers():
             torch.distributed.broadcast(buffer, src=0)
     if write_rank_hashes:
+        out.mkdir(parents=True, exist_ok=True)
         (out / f"rank_{rank}_params.sha256").write_text(parameter_hash(model) + "\n")
     dist.barrier()
     elapsed = time.monotonic() - t_start
@@ -554,6 +565,7 @@ def _train(
         "images_per_second": images_seen / elapsed if elapsed > 0 else 0.0,
         "elapsed_seconds": elapsed,
         "world_size": world,
+        "rank": rank,
         "device": str(device),
     }
 

@@ -41,7 +41,8 @@ def add_parser(subparsers) -> None:
     )
     sub.add_argument(
         "--max-minutes", type=float, metavar="M",
-        help="stop cleanly (checkpoint written) after M minutes of training in this invocation (train.max_minutes)",
+        help="stop cleanly (checkpoint written) after M minutes of training in this invocation, "
+        "setup and frame caching excluded (train.max_minutes)",
     )
     sub.add_argument("--seed", type=int, metavar="K", help="random seed (train.seed)")
     sub.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
@@ -75,8 +76,6 @@ def run(args: argparse.Namespace) -> int:
         args.kind, config, args.data, args.out, device=args.device,
         progress=not args.no_progress, write_rank_hashes=args.write_rank_hashes,
     )
-    from training import distributed
-
-    if distributed.rank() == 0 or args.write_rank_hashes:
+    if summary["rank"] == 0:  # under torchrun, one summary line
         print(summary_line(summary))
     return 0
