@@ -361,8 +361,10 @@ def test_qos_mismatch_is_reported_instead_of_silence(peer, models):
                        extra={"image_reliability": "reliable", "no_image_warning_after": "1.0"})
     try:
         pub = peer.node.create_publisher(Image, node.image_topic, qos_profile_sensor_data)  # best effort
-        wait_for(lambda: "best_effort" in node.stderr() and "no image received" in node.stderr(), 30,
-                 "the no-image warning naming the QoS mismatch", node)
+        wait_for(lambda: "incompatible QoS (policy RELIABILITY)" in node.stderr()
+                 and "no image received" in node.stderr(), 30,
+                 "the incompatible-QoS error and the no-image warning", node)
+        assert "image_reliability:=best_effort" in node.stderr()  # the error says how to fix it
         assert pub.get_subscription_count() == 0  # really never matched
     finally:
         assert node.stop() == 0, node.stderr()

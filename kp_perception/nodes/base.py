@@ -356,9 +356,10 @@ class KeypointNode(Node):
             self._cond.notify()
 
     def _on_incompatible_qos(self, info) -> None:
+        policy = getattr(info.last_policy_kind, "name", str(info.last_policy_kind)).replace("RMW_QOS_POLICY_", "")
         self.get_logger().error(
             f"a publisher on {self._image_sub.topic_name} has incompatible QoS "
-            f"(policy {info.last_policy_kind}); this node requests {self.settings.image_reliability}. "
+            f"(policy {policy}); this node requests {self.settings.image_reliability}. "
             "Set image_reliability:=best_effort (matches any publisher).",
             throttle_duration_sec=10.0,
         )
