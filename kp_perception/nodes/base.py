@@ -164,6 +164,7 @@ class NodeStats:
         self.received = 0
         self.published = 0
         self.dropped = 0
+        self.lost = 0
         self.bad = 0
         self.last_bad_reason = ""
         self._latencies: deque[float] = deque(maxlen=window)
@@ -174,6 +175,10 @@ class NodeStats:
             setattr(self, name, getattr(self, name) + 1)
             if reason:
                 self.last_bad_reason = reason
+
+    def add_lost(self, n: int) -> None:
+        with self._lock:
+            self.lost += n
 
     def add_latency(self, seconds: float) -> None:
         with self._lock:
@@ -194,6 +199,7 @@ class NodeStats:
                 "frames_received": self.received,
                 "frames_published": self.published,
                 "dropped_frames": self.dropped,
+                "lost_before_node": self.lost,
                 "bad_frames": self.bad,
             }
             for q in (50, 95, 99):
@@ -263,6 +269,7 @@ class KeypointNode(Node):
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos),
         )
 
+        self._last_sequence: dict[bytes, int] = {}  # per publisher, to count frames that never reached us
         self._cond = threading.Condition()
         self._pending: Image | CompressedImage | None = None
         self._stop = False
@@ -346,7 +353,9 @@ class KeypointNode(Node):
         )
 
     # input
-    def _on_image(self, msg: Image | CompressedImage) -> None:
+    def _on_image(self, msg: Image | CompressedImage, info: dict) -> None:
+        # Two parameters, no default: rclpy then passes the MessageInfo (sequence numbers).
+        self._count_lost(info)
         with self._cond:
             if self._pending is not None:
                 self.stats.count("dropped")
@@ -354,6 +363,20 @@ class KeypointNode(Node):
             self._last_arrival = time.monotonic()
             self.stats.count("received")
             self._cond.notify()
+
+    def _count_lost(self, info: dict | None) -> None:
+        """Gaps in a publisher's sequence numbers: frames lost in transport or overwritten in the input queue."""
+        if not info:
+            return
+        seq = info.get("publication_sequence_number")
+        gid = (info.get("publisher_gid") or {}).get("data")
+        if seq is None or gid is None:
+            return  # this RMW does not report them
+        gid = bytes(gid)
+        last = self._last_sequence.get(gid)
+        if last is not None and seq > last + 1:
+            self.stats.add_lost(seq - last - 1)
+        self._last_sequence[gid] = seq
 
     def _on_incompatible_qos(self, info) -> None:
         policy = getattr(info.last_policy_kind, "name", str(info.last_policy_kind)).replace("RMW_QOS_POLICY_", "")
