@@ -173,12 +173,11 @@ def _measure(peer: _Receiver, what: str, model: Path, rate: float, seconds: floa
 
     env = {**os.environ, "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "PYTHONUNBUFFERED": "1"}
     if what == "node":
-        from kp_perception.nodes.launch_args import default_params_file, node_launch_config
+        from kp_perception.nodes.launch_args import default_params_file, node_command, node_launch_config
 
         cfg = node_launch_config("pyramids", params_file=default_params_file("pyramids"), model=str(model),
                                  image_topic=IMAGE_TOPIC, namespace=NAMESPACE)
-        cmd = [sys.executable, "-m", "kp_perception.nodes.pyramids_node", *cfg.ros_arguments(),
-               "-p", f"threads:={threads}"]
+        cmd = [*node_command(cfg), "-p", f"threads:={threads}"]
         env.update(cfg.env)
         topic = f"/{NAMESPACE}/keypoints"
     else:

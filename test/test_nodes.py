@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from kp_perception.drawing import draw_pyramid  # noqa: E402
 from kp_perception.image_conversion import image_to_rgb8, numpy_to_compressed, numpy_to_image  # noqa: E402
 from kp_perception.nodes.launch_args import (  # noqa: E402
     default_params_file,
+    node_command,
     node_launch_config,
     record_command,
 )
@@ -118,14 +118,14 @@ class NodeProcess:
             namespace=namespace,
             debug=debug,
         )
-        args = cfg.ros_arguments()
+        cmd = node_command(cfg)
         for key, value in (extra or {}).items():
-            args += ["-p", f"{key}:={value}"]
+            cmd += ["-p", f"{key}:={value}"]
         self.image_topic = f"/{namespace}/camera/image_raw"
         self.ns = f"/{namespace}"
         env = {**os.environ, **cfg.env, "PYTHONUNBUFFERED": "1", "RCUTILS_LOGGING_BUFFERED_STREAM": "0"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"kp_perception.nodes.{cfg.executable}", *args],
+            cmd,
             env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         self.lines: list[str] = []

@@ -9,6 +9,7 @@ namespace that ``ros2 launch kp_perception pyramids.launch.py`` gives it.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,13 @@ class NodeLaunchConfig:
         for src, dst in self.remappings:
             args += ["-r", f"{src}:={dst}"]
         return args
+
+
+def node_command(cfg: NodeLaunchConfig) -> list[str]:
+    """The full command line: the installed console script (as ``ros2 run``/launch use), else ``python -m``."""
+    script = Path(sys.executable).parent / cfg.executable
+    head = [str(script)] if script.exists() else [sys.executable, "-m", f"kp_perception.nodes.{cfg.executable}"]
+    return [*head, *cfg.ros_arguments()]
 
 
 def parse_bool(text: str | bool, name: str) -> bool:
