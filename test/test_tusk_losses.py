@@ -94,8 +94,10 @@ def test_rgba_decoder_composites_with_alpha_summing_to_one():
     kp = torch.tensor([[[-0.5, -0.5], [0.5, 0.4]]])
     out = dec(kp, torch.tensor([[0.9, 0.8]]), F.normalize(torch.randn(1, 2, 8), dim=-1), (12, 20))
     assert out["reconstruction"].shape == (1, 3, 12, 20)
-    assert out["alpha"].shape == (1, 3, 12, 20)
+    assert out["alpha"].shape == (1, 2, 12, 20)
     assert torch.allclose(out["alpha"].sum(1), torch.ones(1, 12, 20), atol=1e-5)
+    with_bg = RgbaDecoder(descriptor_dim=8, hidden=16, background=True)
+    assert with_bg(kp, torch.tensor([[0.9, 0.8]]), F.normalize(torch.randn(1, 2, 8), dim=-1), (12, 20))["alpha"].shape == (1, 3, 12, 20)
 
 
 def test_empty_slots_do_not_paint():

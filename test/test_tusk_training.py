@@ -51,7 +51,7 @@ def make_scene(rng: np.random.Generator, count: int = 2):
 CONFIG = {
     "model": {"num_keypoints": 2, "num_prototypes": 4, "nms_window": 7, "width": 8, "descriptor_dim": 8},
     "data": {"image_size": SIZE},
-    "decoder": {"kind": "rgba", "rgba": {"hidden": 32, "num_frequencies": 3, "extent": 0.5}},
+    "decoder": {"kind": "rgba", "rgba": {"hidden": 32, "num_frequencies": 3, "extent": 0.5, "envelope": 0.3}},
     "optim": {"lr": 3e-3},
     "prototypes": {"steps": 4},
 }

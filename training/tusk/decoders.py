@@ -75,13 +75,25 @@ class RgbaDecoder(nn.Module):
     """Per-keypoint RGBA from (descriptor, offset to the pixel), softmax-alpha composited.
 
     keypoints B×K×2 in [-1, 1], scores B×K, descriptors B×K×C ->
-    {"reconstruction": B×3×H×W, "alpha": B×(K+1)×H×W (slot 0 = background), "rgb": B×K×3×H×W}.
+    {"reconstruction": B×3×H×W, "alpha": B×K×H×W, or B×(K+1)×H×W with the background
+    layer first when ``background=True``, "rgb": B×K×3×H×W}.
     """
 
-    def __init__(self, descriptor_dim: int = 32, hidden: int = 64, num_frequencies: int = 4, extent: float = 0.6) -> None:
+    def __init__(
+        self,
+        descriptor_dim: int = 32,
+        hidden: int = 64,
+        num_frequencies: int = 4,
+        extent: float = 0.6,
+        envelope: float | None = None,
+        background: bool = False,
+    ) -> None:
         super().__init__()
         self.num_frequencies = int(num_frequencies)
         self.extent = float(extent)
+        # Optional Gaussian prior on each layer's alpha (std in [-1, 1] units): a keypoint
+        # mostly paints its neighbourhood, which pulls keypoints onto their object's centre.
+        self.envelope = float(envelope) if envelope else None
         pos_dim = 2 + 4 * self.num_frequencies
         self.mlp = nn.Sequential(
             nn.Linear(descriptor_dim + pos_dim, hidden),
@@ -92,8 +104,12 @@ class RgbaDecoder(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(hidden, 4),
         )
-        self.background_rgb = nn.Parameter(torch.zeros(3))
-        self.background_logit = nn.Parameter(torch.zeros(()))
+        # Optional learned constant background layer. Off by default: with it, the easy
+        # minimum "background everywhere" starves the keypoint layers of gradient.
+        self.background = bool(background)
+        if self.background:
+            self.background_rgb = nn.Parameter(torch.zeros(3))
+            self.background_logit = nn.Parameter(torch.zeros(()))
 
     def _encode_offsets(self, offsets: Tensor) -> Tensor:
         """Offsets (…×2, in [-1, 1] units) -> raw + Fourier features, scaled by ``extent``."""
@@ -114,10 +130,16 @@ class RgbaDecoder(nn.Module):
         out = self.mlp(torch.cat([desc, pos], dim=-1))  # B×K×H×W×4
         rgb = torch.sigmoid(out[..., :3]).permute(0, 1, 4, 2, 3)  # B×K×3×H×W
         logits = out[..., 3] + torch.log(scores.clamp_min(1e-4))[:, :, None, None]
-        bg = self.background_logit.expand(b, 1, h, w)
-        alpha = torch.softmax(torch.cat([bg, logits], dim=1), dim=1)  # B×(K+1)×H×W
-        bg_rgb = torch.sigmoid(self.background_rgb).view(1, 3, 1, 1).expand(b, 3, h, w)
-        layers = torch.cat([bg_rgb.unsqueeze(1), rgb], dim=1)  # B×(K+1)×3×H×W
+        if self.envelope is not None:
+            logits = logits - offsets.pow(2).sum(-1) / (2.0 * self.envelope**2)
+        if self.background:
+            bg = self.background_logit.expand(b, 1, h, w)
+            alpha = torch.softmax(torch.cat([bg, logits], dim=1), dim=1)  # B×(K+1)×H×W
+            bg_rgb = torch.sigmoid(self.background_rgb).view(1, 3, 1, 1).expand(b, 3, h, w)
+            layers = torch.cat([bg_rgb.unsqueeze(1), rgb], dim=1)  # B×(K+1)×3×H×W
+        else:
+            alpha = torch.softmax(logits, dim=1)  # B×K×H×W
+            layers = rgb
         recon = (alpha.unsqueeze(2) * layers).sum(dim=1)
         return {"reconstruction": recon, "alpha": alpha, "rgb": rgb}
 

@@ -59,7 +59,7 @@ def predict(method: TuskMethod, images: torch.Tensor, use_decoder: bool) -> dict
     kp = out["keypoints"]
     if use_decoder and method.decoder_kind == "rgba":
         dec = method.decoder(kp, out["scores"], out["descriptors"], (h, w))
-        masks = dec["alpha"].argmax(1)  # 0 = background layer, k+1 = keypoint k
+        masks = dec["alpha"].argmax(1)  # the layer that owns each pixel
     else:  # nearest keypoint (a Voronoi split): what is left without the decoder
         from training.tusk.decoders import pixel_grid
 

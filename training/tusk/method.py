@@ -223,7 +223,9 @@ class TuskMethod(TrainingMethod):
             panels = [draw_detections(_upscale(frame), _scaled(result, 4)), _upscale(_to_uint8(out["reconstruction"][i]))]
             if "alpha" in out:
                 labels = out["alpha"][i].argmax(0).cpu().numpy()
-                colours = np.concatenate([np.zeros((1, 3), np.uint8), palette(out["alpha"].shape[1] - 1)])
+                colours = palette(out["alpha"].shape[1])
+                if getattr(self.decoder, "background", False):  # background layer drawn black
+                    colours[0] = 0
                 panels.append(_upscale(colours[labels]))
             rows.append(np.concatenate(panels, axis=1))
         writer.add_image("tusk/detections_reconstruction_masks", np.concatenate(rows, axis=0), step, dataformats="HWC")
