@@ -49,6 +49,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32MultiArray, Header
 
 from kp_perception.errors import ConfigError, KpPerceptionError, ModelLoadError
+from kp_perception.image_conversion import compressed_to_rgb8, image_to_rgb8, numpy_to_image
 
 
 @dataclass(frozen=True)
@@ -229,9 +230,6 @@ class KeypointNode(Node):
     def draw(self, frame_rgb: np.ndarray, result: Any) -> np.ndarray:
         raise NotImplementedError
 
-    def count_outputs(self, result: Any) -> int:
-        return len(result.scores)
-
     # --- machinery ------------------------------------------------------------------------------
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(self.node_name, **kwargs)
@@ -242,9 +240,14 @@ class KeypointNode(Node):
         self.stats = NodeStats()
         self.backend = self._load_model()
 
-        from kp_perception import image_conversion  # noqa: PLC0415 (written concurrently; robot-side, light)
+        # Worker state exists before the subscription that feeds it.
+        self._last_sequence: dict[bytes, int] = {}  # per publisher, to count frames that never reached us
+        self._cond = threading.Condition()
+        self._pending: Image | CompressedImage | None = None
+        self._stop = False
+        self._started = time.monotonic()
+        self._last_arrival: float | None = None
 
-        self._conversion = image_conversion
         s = self.settings
         self._pub = self.create_publisher(self.message_type, s.output_topic, 10)
         self._flat_pub = self.create_publisher(Float32MultiArray, s.flat_topic, 10) if s.publish_flat else None
@@ -269,12 +272,6 @@ class KeypointNode(Node):
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos),
         )
 
-        self._last_sequence: dict[bytes, int] = {}  # per publisher, to count frames that never reached us
-        self._cond = threading.Condition()
-        self._pending: Image | CompressedImage | None = None
-        self._stop = False
-        self._started = time.monotonic()
-        self._last_arrival: float | None = None
         self._worker = threading.Thread(target=self._work, name=f"{self.node_name}_worker", daemon=True)
         self._worker.start()
 
@@ -321,8 +318,10 @@ class KeypointNode(Node):
 
     def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
         for p in params:
-            if p.name == "score_threshold" and not 0.0 <= float(p.value) <= 1.0:
-                return SetParametersResult(successful=False, reason="score_threshold must be in [0, 1]")
+            if p.name == "score_threshold" and not (
+                isinstance(p.value, float | int) and 0.0 <= float(p.value) <= 1.0
+            ):
+                return SetParametersResult(successful=False, reason="score_threshold must be a number in [0, 1]")
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, params: list[Parameter]) -> None:
@@ -342,7 +341,7 @@ class KeypointNode(Node):
             )
         if not Path(s.model_file_path).exists():
             raise ModelLoadError(f"model file {s.model_file_path} does not exist (parameter 'model_file_path')")
-        from kp_perception.backends import load_backend  # noqa: PLC0415 (keeps torch/tensorrt lazy)
+        from kp_perception.backends import load_backend  # here: tensorrt/torch load only when chosen
 
         return load_backend(
             s.model_file_path,
@@ -404,9 +403,9 @@ class KeypointNode(Node):
     def _process(self, msg: Image | CompressedImage) -> None:
         try:
             if self.settings.compressed_input:
-                frame = self._conversion.compressed_to_rgb8(msg)
+                frame = compressed_to_rgb8(msg)
             else:
-                frame = self._conversion.image_to_rgb8(msg)
+                frame = image_to_rgb8(msg)
             result = self.backend.infer(frame)
         except KpPerceptionError as exc:
             self._bad_frame(str(exc))
@@ -425,7 +424,7 @@ class KeypointNode(Node):
             self._flat_pub.publish(self.to_flat(result))
         if self._debug_pub is not None and self._debug_pub.get_subscription_count() > 0:
             drawn = self.draw(frame, shown)
-            self._debug_pub.publish(self._conversion.numpy_to_image(drawn, "rgb8", header=header))
+            self._debug_pub.publish(numpy_to_image(drawn, "rgb8", header=header))
 
     def _age(self, header: Header) -> float:
         """Seconds from the image stamp to now; -1 for unstamped images (not counted in latency)."""
