@@ -437,7 +437,13 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    figures = run(args)
+    from kp_perception.errors import KpPerceptionError
+
+    try:
+        figures = run(args)
+    except KpPerceptionError as exc:
+        print(f"bench node: error: {exc}", file=sys.stderr)
+        return 2
     if args.role == "bench":
         print(json.dumps(figures, indent=2, default=float))
     return 0
