@@ -52,8 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds discarded at the start of each run")
     parser.add_argument("--rates", type=float, nargs="+", default=[30.0, 60.0], help="input rates (Hz)")
     parser.add_argument("--inference-iterations", type=int, default=200)
-    parser.add_argument("--node-threads", type=int, default=0,
-                        help="the node's 'threads' parameter (inference threads; 0 = library default)")
+    parser.add_argument("--node-threads", type=int, default=1,
+                        help="the node's 'threads' parameter (inference threads; default 1 as in "
+                        "config/pyramids.yaml; 0 = library default)")
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="also run a 30 Hz soak this long")
     parser.add_argument("--role", default="bench", choices=["bench", "publisher", "passthrough"],
                         help=argparse.SUPPRESS)
