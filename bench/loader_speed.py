@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
-    from bench.pyramids_quality import CPU_PRESET
+    from bench.pyramids_quality import preset_for
     from training.config import load_config
     from training.methods import resolve_method
     from training.trainer import SeededItems, ShardedStream
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ.setdefault("KP_PERCEPTION_CACHE", str(Path(args.work) / "cache"))
     overrides = [f"data.image_size={args.size}", f"train.batch_size={args.batch_size}"]
     if not args.paper_model:
-        overrides += CPU_PRESET
+        overrides += preset_for(args.kind)
     config = load_config(args.kind, overrides)
     cls = resolve_method(args.kind)
     train_ds, _ = cls.build_datasets(config, _data(args))

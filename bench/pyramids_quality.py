@@ -59,6 +59,19 @@ METHODS: dict[str, tuple[str, list[int]]] = {
 }
 
 
+def preset_for(kind: str) -> list[str]:
+    """The CPU preset restricted to the keys the kind's config has (KeyNet has no feature encoder, ...)."""
+    from training.config import load_config
+
+    config = load_config(kind)
+    out = []
+    for item in CPU_PRESET:
+        section, key = item.split("=")[0].split(".")
+        if key in config.get(section, {}):
+            out.append(item)
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench_pyramids",
                         help="data, runs and caches go here; existing data and finished runs are reused")
@@ -133,8 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     common = [f"data.image_size={size}", f"optim.lr={lr}", f"train.batch_size={args.batch_size}",
               "train.num_workers=0", f"train.checkpoint_every={max(steps, 1)}", f"train.image_every={max(steps, 1)}"]
-    if not args.paper:
-        common += CPU_PRESET
+    presets = {} if args.paper else {kind: preset_for(kind) for kind, _ in METHODS.values()}
     runs: list[dict[str, Any]] = []
     for name in names:
         kind, sizes = METHODS[name]
@@ -143,7 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             run_dir = work / "runs" / f"{name}_s{seed}_{size}px_{steps}st{args.tag and '_' + args.tag}"
             t0 = time.monotonic()
             train_args = ["train", kind, "--data", str(train_dir), "--out", str(run_dir), "--steps", str(steps),
-                          "--seed", str(seed), "--no-progress", "--set", *common,
+                          "--seed", str(seed), "--no-progress", "--set", *common, *presets.get(kind, []),
                           f"model.keypoints_per_level={json.dumps(sizes)}", *extra]
             if args.max_minutes:
                 train_args += ["--max-minutes", str(args.max_minutes)]
