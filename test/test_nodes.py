@@ -433,6 +433,21 @@ def test_launch_helper_gives_the_params_file_overrides_and_remaps():
         "ros2", "bag", "record", "-s", "mcap", "-o", "bags/ep1", "/camera/image_raw", "/camera/camera_info"]
 
 
+def test_launch_files_compile_and_params_files_hold_exactly_the_declared_parameters():
+    import yaml
+
+    from kp_perception.nodes.base import PARAMETERS
+
+    for name in ("pyramids", "tusk", "record"):
+        path = REPO / "launch" / f"{name}.launch.py"
+        compile(path.read_text(), str(path), "exec")  # runs where launch is installed; here: at least valid
+    for node in ("pyramids", "tusk"):
+        params = yaml.safe_load((REPO / "config" / f"{node}.yaml").read_text())["/**"]["ros__parameters"]
+        assert set(params) == {p.name for p in PARAMETERS}
+        for spec in PARAMETERS:  # same types as declared, or the node would refuse to start
+            assert type(params[spec.name]) is type(spec.default), spec.name
+
+
 def test_launch_files_build_descriptions():
     pytest.importorskip("launch_ros", reason="launch/launch_ros are on no registry reachable here (environment.md)")
     import runpy
