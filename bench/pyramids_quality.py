@@ -170,6 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             metrics = json.loads(metrics_file.read_text())
             runs.append({
                 "method": name, "seed": seed, "rmse_px": metrics["rmse_px"],
+                "rmse_px_intercept_only": metrics.get("rmse_px_intercept_only"),
                 "static_keypoints": metrics.get("static_keypoints"),
                 "keypoint_motion_px": metrics.get("keypoint_motion_px"),
                 "final_loss_ema": train_summary.get("loss_ema"), "steps": train_summary.get("step"),
@@ -242,6 +243,9 @@ def _markdown(result: dict) -> str:
                          f"{_fmt(cells.get('flattened'))} |")
         else:
             lines.append(f"| {name} (flat) | — | — | {_fmt(cells.get('flattened'))} |")
+    ref = [r["rmse_px_intercept_only"] for r in result["runs"] if r.get("rmse_px_intercept_only") is not None]
+    if ref:
+        lines.append(f"| no keypoints (intercept only, reference) | — | — | {np.mean(ref):.2f} |")
     g = result["goal"]
     w = result["wall_clock_seconds"]
     lines += ["", f"Wall clock: {w['total'] / 60:.1f} min in all ({w['simulation'] / 60:.1f} min simulation, "

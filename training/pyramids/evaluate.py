@@ -125,6 +125,8 @@ def evaluate(
         offset += n
     sets["flattened"] = coords.reshape(len(frames), -1)
     rmse = {name: landmark_rmse(x, targets, visible, fit_rows, test_rows) for name, x in sets.items()}
+    # Reference: intercept only (each landmark's mean position); keypoints must beat it to carry information.
+    no_keypoints = landmark_rmse(np.zeros((len(frames), 0)), targets, visible, fit_rows, test_rows)
     motion = coords.std(axis=0).mean(axis=1)  # N, pixels: how much each keypoint moves over the frames
     metrics = {
         "kind": checkpoint["kind"],
@@ -133,6 +135,7 @@ def evaluate(
         "static_keypoints": int((motion < 0.5).sum()),
         "level_sizes": list(sizes),
         "rmse_px": rmse,
+        "rmse_px_intercept_only": no_keypoints,
         "frames": len(frames),
         "fit_frames": len(fit_rows),
         "test_frames": len(test_rows),
