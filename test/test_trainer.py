@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from kp_perception.checkpoint import load_checkpoint, save_checkpoint
 from kp_perception.errors import ConfigError, DataError, ModelLoadError
 from training.config import apply_overrides, load_config, train_settings, with_defaults
+from training.distributed import all_reduce_grads
 from training.methods import TrainingMethod, resolve_method
 from training.trainer import ShardedStream, parameter_hash, resolve_run_config, train
 
@@ -54,6 +55,8 @@ class TinyMethod(TrainingMethod):
         width = int(config["model"]["width"])
         self.encoder = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU())
         self.decoder = nn.Sequential(nn.Dropout(0.2), nn.Conv2d(width, 3, 3, padding=1))
+        # Stepped outside the main optimiser on detached outputs, as TUSK's prototypes are.
+        self.centre = nn.Parameter(torch.zeros(width))
 
     @classmethod
     def build_datasets(cls, config, data_paths):
@@ -61,10 +64,26 @@ class TinyMethod(TrainingMethod):
         val = NoisyImages(8, seed=99) if config["data"]["val"] else None
         return NoisyImages(n, seed=int(config["data"]["seed"])), val
 
+    def configure_optimizers(self):
+        main = [p for n, p in self.named_parameters() if n != "centre"]
+        return {"main": torch.optim.Adam(main, lr=self.config["optim"]["lr"]),
+                "centre": torch.optim.SGD([self.centre], lr=0.5)}
+
     def forward(self, batch):
-        out = self.decoder(self.encoder(batch["noisy"]))
+        codes = self.encoder(batch["noisy"])
+        out = self.decoder(codes)
         loss = torch.mean((out - batch["clean"]) ** 2)
-        return loss, {"loss/mse": float(loss.detach())}, None
+        return loss, {"loss/mse": float(loss.detach())}, codes.detach().mean(dim=(0, 2, 3))
+
+    def after_main_step(self, batch, extra, optimizers):
+        opt = optimizers["centre"]
+        for _ in range(2):
+            opt.zero_grad(set_to_none=True)
+            gap = torch.sum((self.centre - extra) ** 2)
+            gap.backward()
+            all_reduce_grads([self.centre])
+            opt.step()
+        return {"loss/centre": float(gap.detach())}
 
     def log_images(self, writer, batch, step):
         writer.add_images("recon", self.decoder(self.encoder(batch["noisy"][:2])).clamp(0, 1), step)

@@ -365,6 +365,7 @@ def _train(
     if "main" not in optimizers:
         raise ConfigError(f"{cls.__name__}.configure_optimizers() must return a 'main' optimiser")
     schedulers = model.configure_schedulers(optimizers)
+    main_params = [p for g in optimizers["main"].param_groups for p in g["params"]]
     use_amp = settings.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
 
@@ -390,6 +391,13 @@ def _train(
 
     wrapped: torch.nn.Module = model
     if world > 1:
+        # DDP syncs the gradients of what optimizers["main"] steps; parameters stepped elsewhere (TUSK's
+        # prototypes in after_main_step) are the method's to sync (all_reduce_grads), so DDP must not
+        # track them: their backward passes outside DDP's forward/backward would corrupt its reducer.
+        in_main = {id(p) for p in main_params}
+        outside = [n for n, p in model.named_parameters() if id(p) not in in_main]
+        outside += [f".{n}" for n in outside if "." not in n]  # DDP spells a root module's own params ".name"
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, outside)
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
@@ -421,7 +429,6 @@ def _train(
         image_writer = ExampleImageWriter(writer, out / "images")
 
     best_by = "val_loss" if val_ds is not None and len(val_ds) > 0 else "train_loss_ema"
-    main_params = [p for g in optimizers["main"].param_groups for p in g["params"]]
 
     def checkpoint(path: Path) -> None:
         rngs = _gather_objects(_rng_state())
@@ -589,6 +596,7 @@ def _validate(
     loader = DataLoader(SeededItems(val_ds), batch_sampler=batches, num_workers=0)
     total, count = 0.0, 0.0
     with _forked_rng(), torch.no_grad():
+        _seed_all(_item_seed(settings.seed, 0xFA1))  # the same random warps etc. at every validation
         model.eval()
         for batch in loader:
             batch = _to_device(batch, device)
