@@ -7,7 +7,7 @@ camera_info), storage (mcap or sqlite3). Sets
 FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA so full-size frames are not lost.
 """
 
-from launch import LaunchDescription  # noqa: I001 (ruff sees the repo's launch/ folder as first-party)
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 

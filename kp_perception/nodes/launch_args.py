@@ -132,7 +132,7 @@ def node_launch_description(node: str):
     params_file. An OpaqueFunction resolves them to strings and hands them to
     :func:`node_launch_config`, the same helper the tests use.
     """
-    from ament_index_python.packages import get_package_share_directory  # noqa: I001 (ruff sees launch/ as first-party)
+    from ament_index_python.packages import get_package_share_directory
     from launch import LaunchDescription
     from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
     from launch.substitutions import LaunchConfiguration
