@@ -101,7 +101,9 @@ def sample_at(maps: Tensor, keypoints: Tensor) -> Tensor:
     return out.squeeze(3).transpose(1, 2)
 
 
-def detect_keypoints(heatmap: Tensor, num_keypoints: int, window: int, temperature: float = 0.2) -> Tensor:
+def detect_keypoints(
+    heatmap: Tensor, num_keypoints: int, window: int, temperature: float = 0.2, selection: Tensor | None = None
+) -> Tensor:
     """Multi-instance keypoints from a score map: NMS by max-pool, top-K, windowed soft-argmax.
 
     Args:
@@ -109,6 +111,8 @@ def detect_keypoints(heatmap: Tensor, num_keypoints: int, window: int, temperatu
         num_keypoints: K, fixed (empty slots get low scores; thresholds belong to nodes/eval).
         window: odd NMS / refinement window in pixels.
         temperature: soft-argmax temperature on H (0.2 in the reference).
+        selection: optional B×1×H×W map used instead of ``heatmap`` to choose the maxima
+            (training-time exploration noise); refinement always uses ``heatmap``.
 
     Returns:
         B×K×2 keypoints (x, y) in [-1, 1], differentiable w.r.t. ``heatmap`` through
@@ -121,8 +125,9 @@ def detect_keypoints(heatmap: Tensor, num_keypoints: int, window: int, temperatu
     """
     b, _, h, w = heatmap.shape
     pad = window // 2
-    pooled = F.max_pool2d(heatmap, window, stride=1, padding=pad)
-    peaks = heatmap * (heatmap >= pooled).to(heatmap.dtype)
+    select = heatmap if selection is None else selection
+    pooled = F.max_pool2d(select, window, stride=1, padding=pad)
+    peaks = select * (select >= pooled).to(select.dtype)
     _, idx = torch.topk(peaks.reshape(b, h * w), num_keypoints, dim=1)  # B×K
 
     weight = torch.exp((heatmap - 1.0) / temperature)  # shifted: same softmax, no overflow
@@ -154,6 +159,9 @@ class TuskEncoder(nn.Module):
         width: U-Net base width (32 in the reference); F has ``width`` channels.
         descriptor_dim: C; a 1×1 projection is added when it differs from ``width``.
         temperature: soft-argmax temperature.
+        selection_noise: training only: uniform noise of this amplitude added to H when
+            choosing the top-K maxima, so keypoints explore the image until H has learned
+            where objects are (0 = off; never used in eval/``infer``).
     """
 
     def __init__(
@@ -164,6 +172,7 @@ class TuskEncoder(nn.Module):
         width: int = 32,
         descriptor_dim: int = 32,
         temperature: float = 0.2,
+        selection_noise: float = 0.0,
     ) -> None:
         super().__init__()
         if nms_window < 1 or nms_window % 2 == 0:
@@ -173,6 +182,7 @@ class TuskEncoder(nn.Module):
         self.nms_window = int(nms_window)
         self.descriptor_dim = int(descriptor_dim)
         self.temperature = float(temperature)
+        self.selection_noise = float(selection_noise)
         self.unet = UNet(3, width)
         self.feature_head = (
             nn.Identity() if descriptor_dim == width else nn.Conv2d(width, descriptor_dim, 1)
@@ -198,7 +208,10 @@ class TuskEncoder(nn.Module):
 
     def head(self, heatmap: Tensor, features: Tensor) -> dict[str, Tensor]:
         """Keypoint head on dense maps -> keypoints B×K×2, scores B×K, descriptors B×K×C."""
-        keypoints = detect_keypoints(heatmap, self.num_keypoints, self.nms_window, self.temperature)
+        selection = None
+        if self.training and self.selection_noise > 0:
+            selection = heatmap.detach() + self.selection_noise * torch.rand_like(heatmap)
+        keypoints = detect_keypoints(heatmap, self.num_keypoints, self.nms_window, self.temperature, selection)
         scores = sample_at(heatmap, keypoints).squeeze(-1).clamp(0.0, 1.0)
         descriptors = F.normalize(sample_at(features, keypoints), dim=-1)
         return {"keypoints": keypoints, "scores": scores, "descriptors": descriptors}
