@@ -150,7 +150,8 @@ def _inference(backend, iterations: int) -> dict:
     from std_msgs.msg import Header
 
     from kp_perception.image_conversion import image_to_rgb8, numpy_to_image
-    from kp_perception.ros_conversion import pyramid_to_msg, threshold_pyramid
+    from kp_perception.results import threshold_pyramid
+    from kp_perception.ros_conversion import pyramid_to_msg
 
     msgs = [numpy_to_image(f, "rgb8") for f in frames]
     times, path = [], []

@@ -15,13 +15,12 @@ Flat layouts (row-major, ``data_offset`` 0, float32; pixels of the input image):
   present (fixed shape); descriptors are not in the flat array.
 
 The score threshold applies to the structured messages (and the debug image)
-only, through :func:`threshold_pyramid` / :func:`threshold_detections`.
+only, through ``kp_perception.results.threshold_pyramid`` / ``threshold_detections``.
 """
 
 from __future__ import annotations
 
 import array
-from dataclasses import replace
 
 import numpy as np
 from std_msgs.msg import Float32MultiArray, Header, MultiArrayDimension, MultiArrayLayout
@@ -36,55 +35,6 @@ from kp_perception_msgs.msg import (
 
 PYRAMID_FLAT_COLUMNS = "x,y,score,level,parent"
 DETECTION_FLAT_COLUMNS = "x,y,score,prototype,distance"
-
-
-def threshold_pyramid(result: KeypointPyramidResult, threshold: float) -> KeypointPyramidResult:
-    """Keep keypoints with score >= threshold, plus every ancestor of a kept keypoint.
-
-    Ancestors are kept so that every published parent index stays valid and
-    every non-root keypoint still has a parent one level up. Parents are
-    re-indexed into the reduced arrays and ``level_sizes`` recounted.
-    """
-    n = len(result.scores)
-    if threshold <= 0.0 or n == 0:
-        return result
-    keep = np.asarray(result.scores) >= threshold
-    parents = np.asarray(result.parents, dtype=np.int64)
-    # Propagate "keep" upwards, one level per pass (levels are few).
-    for _ in range(len(result.level_sizes)):
-        up = parents[keep & (parents >= 0)]
-        if np.all(keep[up]):
-            break
-        keep[up] = True
-    new_index = np.full(n, -1, dtype=np.int64)
-    new_index[keep] = np.arange(int(keep.sum()))
-    kept_parents = parents[keep]
-    remapped = np.where(kept_parents >= 0, new_index[np.maximum(kept_parents, 0)], -1).astype(np.int32)
-    levels = np.asarray(result.levels)[keep]
-    level_sizes = tuple(int(np.count_nonzero(levels == lv)) for lv in range(len(result.level_sizes)))
-    return replace(
-        result,
-        xy=np.asarray(result.xy)[keep],
-        scores=np.asarray(result.scores)[keep],
-        levels=levels,
-        parents=remapped,
-        level_sizes=level_sizes,
-    )
-
-
-def threshold_detections(result: PrototypeDetectionResult, threshold: float) -> PrototypeDetectionResult:
-    """Keep detections with score >= threshold, strongest first (the message's documented order)."""
-    scores = np.asarray(result.scores)
-    order = np.argsort(-scores, kind="stable")
-    order = order[scores[order] >= threshold]
-    return replace(
-        result,
-        xy=np.asarray(result.xy)[order],
-        scores=scores[order],
-        prototypes=np.asarray(result.prototypes)[order],
-        distances=np.asarray(result.distances)[order],
-        descriptors=np.asarray(result.descriptors)[order],
-    )
 
 
 def pyramid_to_msg(result: KeypointPyramidResult, header: Header) -> KeypointPyramid:

@@ -37,12 +37,8 @@ from kp_perception.nodes.launch_args import (  # noqa: E402
     node_launch_config,
     record_command,
 )
-from kp_perception.results import KeypointPyramidResult  # noqa: E402
-from kp_perception.ros_conversion import (  # noqa: E402
-    flat_to_numpy,
-    pyramid_to_flat,
-    threshold_pyramid,
-)
+from kp_perception.results import KeypointPyramidResult, threshold_pyramid  # noqa: E402
+from kp_perception.ros_conversion import flat_to_numpy, pyramid_to_flat  # noqa: E402
 from kp_perception_msgs.msg import KeypointPyramid, PrototypeDetectionArray  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)

@@ -16,8 +16,8 @@ from std_msgs.msg import Float32MultiArray, Header
 
 from kp_perception.drawing import draw_pyramid
 from kp_perception.nodes.base import KeypointNode, run_node
-from kp_perception.results import KeypointPyramidResult
-from kp_perception.ros_conversion import pyramid_to_flat, pyramid_to_msg, threshold_pyramid
+from kp_perception.results import KeypointPyramidResult, threshold_pyramid
+from kp_perception.ros_conversion import pyramid_to_flat, pyramid_to_msg
 from kp_perception_msgs.msg import KeypointPyramid
 
 

@@ -15,8 +15,8 @@ from std_msgs.msg import Float32MultiArray, Header
 
 from kp_perception.drawing import draw_detections
 from kp_perception.nodes.base import KeypointNode, run_node
-from kp_perception.results import PrototypeDetectionResult
-from kp_perception.ros_conversion import detections_to_flat, detections_to_msg, threshold_detections
+from kp_perception.results import PrototypeDetectionResult, threshold_detections
+from kp_perception.ros_conversion import detections_to_flat, detections_to_msg
 from kp_perception_msgs.msg import PrototypeDetectionArray
 
 
