@@ -33,6 +33,7 @@ TINY_KEYNET = [
 def frames(tmp_path_factory) -> Path:
     """Two image-folder sequences of a 6×6 square moving along a diagonal."""
     root = tmp_path_factory.mktemp("frames")
+    rows = ["sequence,frame,name,x,y"]
     for name, phase in (("seq_a", 0), ("seq_b", 5)):
         folder = root / name
         folder.mkdir()
@@ -42,6 +43,8 @@ def frames(tmp_path_factory) -> Path:
             y = 4 + (t + phase) % 20
             img[y : y + 6, x : x + 6] = (240, 200, 60)
             cv2.imwrite(str(folder / f"{t:04d}.png"), img[:, :, ::-1])
+            rows.append(f"{name},{t},square,{x + 2.5},{y + 2.5}")
+    (root / "annotations.csv").write_text("\n".join(rows) + "\n")
     return root
 
 
@@ -89,6 +92,17 @@ def test_train_keynet_resumes_bit_exact_on_rerun_and_refuses_changed_config(fram
     adam = straight["optimizers"]["main"]["state"]
     for pid, state in adam.items():
         assert torch.equal(state["exp_avg_sq"], resumed["training"]["optimizers"]["main"]["state"][pid]["exp_avg_sq"])
+
+    # eval dispatches on the checkpoint's kind (KeyNet -> landmark regression) and writes JSON + plot.
+    data = [str(frames / "seq_a"), str(frames / "seq_b")]
+    report = tmp_path / "report" / "metrics.json"
+    assert main(["eval", str(out), "--data", *data, "--annotations", str(frames / "annotations.csv"),
+                 "--json", str(report), "--checkpoint", "last"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert json.loads(report.read_text()) == printed
+    assert printed["kind"] == "keynet" and printed["frames"] == 20 and printed["level_sizes"] == [4]
+    assert np.isfinite(printed["rmse_px"]["flattened"]) and (report.parent / "landmarks.png").is_file()
+    _one_line_error(capsys, ["eval", str(out), "--data", *data], "--annotations")
 
     _one_line_error(capsys, _train_args(frames, out, cache, "--steps", "7", "--set", "model.width=16"),
                     "model.width", str(out / "last.pt"))

@@ -321,3 +321,12 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["stopped"] == "signal SIGTERM" and summary["step"] >= 1
     assert load_checkpoint(out / "last.pt")["training"]["step"] == summary["step"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision runs only on CUDA; no GPU on this machine")
+def test_mixed_precision_on_cuda_trains_and_saves_the_scaler(tmp_path):
+    summary = train("keynet", tiny_config(steps=4), ["unused"], tmp_path / "run", method=TINY, device="cuda",
+                    progress=False)
+    assert summary["device"].startswith("cuda") and summary["step"] == 4
+    scaler = load_checkpoint(tmp_path / "run" / "last.pt")["training"]["scaler"]
+    assert scaler is not None and scaler["scale"] > 0
