@@ -23,12 +23,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kp_perception.atomic import atomic_write_text
 from kp_perception.errors import ModelLoadError
 
 FORMAT = "kp_perception.sidecar"
@@ -179,19 +178,7 @@ def make_sidecar(
 
 def write_sidecar(path: str | Path, sidecar: Sidecar) -> None:
     """Write ``sidecar`` as JSON atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(sidecar.to_dict(), handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(sidecar.to_dict(), indent=2) + "\n")
 
 
 def read_sidecar(path: str | Path, expected_kind: str | None = None) -> Sidecar:

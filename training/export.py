@@ -25,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from kp_perception.atomic import atomic_path
 from kp_perception.errors import KpPerceptionError, ModelLoadError
 from kp_perception.sidecar import Sidecar, sidecar_path, write_sidecar
 
@@ -146,27 +145,22 @@ def export_graph_from_checkpoint(
     graph, width, height = graph_from_checkpoint(checkpoint, image_size, source=source)
     sidecar = describe(graph, width, height, config=checkpoint["config"], opset=opset, dynamic_batch=dynamic_batch)
     onnx_path = Path(onnx_path)
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{onnx_path.name}.", suffix=".tmp.onnx", dir=onnx_path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     bar = tqdm(total=4, desc="export", unit="step", disable=not progress)
     try:
-        bar.set_postfix_str("torch.onnx.export")
-        _torch_export(graph, sidecar, tmp, opset, dynamic_batch)
-        bar.update()
-        bar.set_postfix_str("onnx.checker + TensorRT op list")
-        _check_graph(tmp, sidecar)
-        bar.update()
-        bar.set_postfix_str("onnxruntime vs torch parity")
-        error_px = _parity(graph, sidecar, tmp)
-        bar.update()
-        os.replace(tmp, onnx_path)
+        with atomic_path(onnx_path, suffix=".tmp.onnx") as tmp:
+            bar.set_postfix_str("torch.onnx.export")
+            _torch_export(graph, sidecar, tmp, opset, dynamic_batch)
+            bar.update()
+            bar.set_postfix_str("onnx.checker + TensorRT op list")
+            _check_graph(tmp, sidecar)
+            bar.update()
+            bar.set_postfix_str("onnxruntime vs torch parity")
+            error_px = _parity(graph, sidecar, tmp)
+            bar.update()
         side = sidecar_path(onnx_path)
         write_sidecar(side, sidecar)
         bar.update()
     finally:
-        tmp.unlink(missing_ok=True)
         bar.close()
     log.info("exported %s (%s, %dx%d), parity %.2e px", onnx_path, sidecar.kind, width, height, error_px)
     return ExportResult(onnx_path, side, sidecar, error_px)

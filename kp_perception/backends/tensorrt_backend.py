@@ -21,13 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from kp_perception.atomic import atomic_write_bytes
 from kp_perception.backends.base import Backend
 from kp_perception.errors import ModelLoadError
 from kp_perception.sidecar import Sidecar, read_sidecar, sidecar_path
@@ -101,7 +100,7 @@ def stale_reason(engine_path: str | Path, expected: EngineKey) -> str | None:
 
 
 def write_meta(engine_path: str | Path, key: EngineKey) -> None:
-    _atomic_write(meta_path(engine_path), (json.dumps(asdict(key), indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(meta_path(engine_path), (json.dumps(asdict(key), indent=2) + "\n").encode("utf-8"))
 
 
 def validate_bindings(source: str | Path, bindings: list[Binding], sidecar: Sidecar) -> None:
@@ -132,20 +131,6 @@ def validate_bindings(source: str | Path, bindings: list[Binding], sidecar: Side
 def concrete_shape(shape: tuple[int | str, ...], batch: int) -> tuple[int, ...]:
     """Sidecar shape with the symbolic batch dim replaced by ``batch``."""
     return tuple(batch if isinstance(d, str) else int(d) for d in shape)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------- tensorrt / pycuda (lazy imports)
@@ -224,7 +209,7 @@ def build_engine(
     if serialized is None:
         raise ModelLoadError(f"{onnx_path}: TensorRT engine build failed (see the TensorRT log above)")
     engine_path = Path(engine_path)
-    _atomic_write(engine_path, bytes(serialized))
+    atomic_write_bytes(engine_path, bytes(serialized))
     write_meta(engine_path, key)
     return engine_path
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from kp_perception.atomic import atomic_path
 from kp_perception.errors import DataError
 from kp_perception.preprocessing import resize_rgb
 from kp_perception.sequences import Sequence
@@ -87,10 +87,7 @@ class FrameCache:
         n = len(self.sequence)
         if n == 0:
             raise DataError(f"{self.sequence.source}: no frames to cache")
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".tmp", dir=self.cache_dir)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        with atomic_path(self.path, suffix=".tmp.npy") as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=self.shape)
             count = 0
             frames = self.sequence.iter_frames()
@@ -105,10 +102,6 @@ class FrameCache:
                 raise DataError(f"{self.sequence.source}: only {count} of {n} frames could be read")
             out.flush()
             del out
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         frames = self.load()
         if frames is None:
             raise DataError(f"{self.path}: frame cache unreadable right after writing it")
