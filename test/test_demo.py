@@ -149,3 +149,30 @@ def test_model_of_the_other_kind_is_one_clear_line(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "'pyramids'" in lines[0] and "'tusk'" in lines[0]
+
+
+def test_tusk_demo_publishes_prototype_detections(tmp_path):
+    from rosbags.rosbag2 import Reader
+
+    from kp_perception.cli.demo import kp_typestore
+    from kp_perception.sidecar import read_sidecar, sidecar_path
+
+    model = REPO / "models" / "tusk.onnx"
+    if not model.is_file():
+        pytest.skip("models/tusk.onnx is not in this checkout yet (make models writes it)")
+    out = tmp_path / "tusk"
+    proc = _demo("tusk", "--out", str(out), "--frames", "12", "--size", "128")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames_received"] >= 9 and summary["node_exit_code"] == 0
+    assert iio.imread(out / "keypoints.gif", index=None).shape[0] == summary["frames_received"]
+    sidecar = read_sidecar(sidecar_path(model))
+    store = kp_typestore()
+    with Reader(out / "node_output") as reader:
+        conns = [c for c in reader.connections if c.topic == "/detections"]
+        msgs = [store.deserialize_cdr(data, c.msgtype) for c, _, data in reader.messages(connections=conns)]
+    assert len(msgs) == summary["frames_received"]
+    for msg in msgs:
+        assert msg.num_prototypes == sidecar.num_prototypes
+        assert all(0 <= d.prototype < sidecar.num_prototypes and len(d.descriptor) == sidecar.descriptor_dim
+                   for d in msg.detections)
