@@ -246,4 +246,6 @@ def incompatible_keys(saved: dict, new: dict) -> list[str]:
 
 def dump_config(config: dict, path: Path) -> None:
     """Write the resolved config as YAML (the run directory's ``config.yaml``)."""
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    from kp_perception.atomic import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
