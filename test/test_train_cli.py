@@ -117,6 +117,17 @@ def test_unknown_override_key_is_one_line_naming_it(frames, tmp_path, capsys):
                     "expected key.path=value")
 
 
+def test_bad_data_device_or_config_file_is_one_line_and_writes_nothing(frames, tmp_path, capsys):
+    out = tmp_path / "run"
+    _one_line_error(capsys, ["train", "keynet", "--data", str(tmp_path / "nowhere"), "--out", str(out)],
+                    str(tmp_path / "nowhere"))
+    _one_line_error(capsys, ["train", "keynet", "--data", str(frames / "seq_a"), "--out", str(out),
+                             "--config", str(tmp_path / "nope.yaml")], "nope.yaml: config file not found")
+    if not torch.cuda.is_available():
+        _one_line_error(capsys, _train_args(frames, out, tmp_path / "c", "--device", "cuda"), "no CUDA device")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("content", ["random", "foreign"])
 def test_corrupt_or_foreign_checkpoint_is_one_line_for_train_and_eval(frames, tmp_path, capsys, content):
     out = tmp_path / "run"
