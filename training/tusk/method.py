@@ -170,10 +170,7 @@ class TuskMethod(TrainingMethod):
         weights = out["scores"].detach() if cfg["kmeans_score_weighted"] else None
         km = kmeans_loss(out["descriptors"], self.encoder.normalized_prototypes(), cfg["kmeans_sharpness"], weights)
         eq_h = equivariance_loss(out["heatmap"][:b], out["heatmap"][b:], warp)
-        # On unit-normalised F (what the descriptors sample): on raw F the weight 100 term
-        # dominated and was cheapest to satisfy by making F constant (docs/tusk.md).
-        feats = torch.nn.functional.normalize(out["features"], dim=1)
-        eq_f = equivariance_loss(feats[:b], feats[b:], warp)
+        eq_f = equivariance_loss(out["features"][:b], out["features"][b:], warp)
         loss = loss + cfg["kmeans"] * km + cfg["equivariance_heatmap"] * eq_h + cfg["equivariance_features"] * eq_f
         logs.update(
             {
