@@ -207,6 +207,17 @@ def test_corrupt_or_foreign_last_checkpoint_is_one_clear_error(tmp_path, content
     assert str(out / "last.pt") in str(info.value) and "\n" not in str(info.value)
 
 
+def test_resume_into_a_changed_method_is_one_clear_error(tmp_path):
+    out = tmp_path / "run"
+    run(out, tiny_config(steps=2))
+    ckpt = load_checkpoint(out / "last.pt")
+    del ckpt["training"]["method"]["decoder.1.weight"]  # as if the decoder's code had changed
+    save_checkpoint(out / "last.pt", ckpt)
+    with pytest.raises(ModelLoadError, match="cannot resume this run") as info:
+        run(out, tiny_config(steps=4))
+    assert "\n" not in str(info.value) and "decoder.1.weight" in str(info.value)
+
+
 def test_empty_dataset_is_a_data_error(tmp_path):
     config = tiny_config()
     config["data"]["items"] = 0

@@ -45,7 +45,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from kp_perception.checkpoint import load_checkpoint, save_checkpoint
-from kp_perception.errors import ConfigError, DataError, KpPerceptionError
+from kp_perception.errors import ConfigError, DataError, KpPerceptionError, ModelLoadError
 from training import distributed as dist
 from training.config import (
     apply_overrides,
@@ -348,7 +348,8 @@ def _train(
                 f"{' ...' if len(bad) > 5 else ''}; only steps/budget/logging may change on resume (use another --out)"
             )
         saved_paths = resume["training"].get("data_paths")
-        if saved_paths is not None and list(saved_paths) != data_paths:
+        resolved = [str(Path(p).resolve()) for p in data_paths]
+        if saved_paths is not None and [str(Path(p).resolve()) for p in saved_paths] != resolved:
             raise ConfigError(f"{last_path}: run was trained on {saved_paths}, not {data_paths}; use another --out")
 
     # Same seed on every rank so initial weights agree (DDP also broadcasts rank 0's).
@@ -372,13 +373,17 @@ def _train(
     step, best_metric, loss_ema, elapsed_before = 0, math.inf, None, 0.0
     if resume is not None:
         state = resume["training"]
-        model.load_state_dict(state["method"])
-        for name, opt in optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
-        for name, sched in schedulers.items():
-            sched.load_state_dict(state["schedulers"][name])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+        try:
+            model.load_state_dict(state["method"])
+            for name, opt in optimizers.items():
+                opt.load_state_dict(state["optimizers"][name])
+            for name, sched in schedulers.items():
+                sched.load_state_dict(state["schedulers"][name])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+        except (KeyError, RuntimeError, ValueError) as exc:  # e.g. the method's code changed since
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise ModelLoadError(f"{last_path}: cannot resume this run ({reason[:300]})") from None
         step, best_metric = int(state["step"]), float(state["best_metric"])
         loss_ema, elapsed_before = state.get("loss_ema"), float(state.get("elapsed_seconds", 0.0))
         rngs = state["rng"]
