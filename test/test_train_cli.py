@@ -20,6 +20,7 @@ import torch
 
 from kp_perception.checkpoint import load_checkpoint
 from kp_perception.cli.main import main
+from test.test_trainer import run_group
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_KEYNET = [
@@ -162,7 +163,7 @@ def test_torchrun_keynet_two_ranks_hold_identical_weights(frames, tmp_path):
            "-m", "kp_perception.cli.main", *_train_args(frames, out, tmp_path / "cache", "--steps", "2"),
            "--write-rank-hashes"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=230, cwd=tmp_path)
+    proc = run_group(cmd, timeout=230, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     hashes = {(out / f"rank_{r}_params.sha256").read_text().strip() for r in range(2)}
     assert len(hashes) == 1

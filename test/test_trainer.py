@@ -280,6 +280,19 @@ def _script(tmp_path: Path) -> Path:
     return path
 
 
+def run_group(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run in its own process group, killed as a whole on timeout (torchrun leaves no orphans)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            **kwargs)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
 def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
@@ -290,14 +303,12 @@ def test_torchrun_two_gloo_ranks_hold_identical_weights(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(_script(tmp_path)), str(out)]
     # A zero budget stops both ranks together after one step (checkpoint written), then the run resumes to 6.
-    first = subprocess.run([*cmd, '{"steps": 6, "max_minutes": 0.0}'], env=_env(), capture_output=True,
-                           text=True, timeout=80, cwd=tmp_path)
+    first = run_group([*cmd, '{"steps": 6, "max_minutes": 0.0}'], timeout=80, env=_env(), cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     stops = [json.loads(line) for line in first.stdout.splitlines() if line.startswith("{")]
     assert [(d["rank"], d["step"], d["stopped"]) for d in sorted(stops, key=lambda d: d["rank"])] == [
         (0, 1, "budget"), (1, 1, "budget")]
-    proc = subprocess.run([*cmd, '{"steps": 6, "num_workers": 1}'], env=_env(), capture_output=True, text=True,
-                          timeout=80, cwd=tmp_path)
+    proc = run_group([*cmd, '{"steps": 6, "num_workers": 1}'], timeout=80, env=_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     hashes = [(out / f"rank_{r}_params.sha256").read_text().strip() for r in range(2)]
     assert hashes[0] == hashes[1]
@@ -318,7 +329,8 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, str(_script(tmp_path)), str(out),
            '{"steps": 1000000, "checkpoint_every": 1000000, "log_every": 1}']
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 90
         while not list((out / "tb").glob("events.*")) and time.monotonic() < deadline:
@@ -327,7 +339,8 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
-        proc.kill()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, stderr[-3000:]
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["stopped"] == "signal SIGTERM" and summary["step"] >= 1
