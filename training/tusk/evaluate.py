@@ -16,7 +16,11 @@ What is measured depends on the data (several paths may be given; each is report
 - Bags/videos/folders with ``--annotations`` (``sim tabletop``): purity of the
   prototype assignments against the simulator's object identities: each kept
   keypoint is matched to the nearest visible object point (``<object>/...``
-  annotation names) within ``match_radius``.
+  annotation names) within ``match_radius``; and landmark regression: the
+  reference's M×K×2 prototype-slot input (sorted by x inside a slot, zeros
+  where unused) fitted by least squares (with intercept, the Pyramids
+  evaluator's ``landmark_rmse``) on one seeded half of the annotated frames and
+  scored on the other, RMSE in original-frame pixels.
 
 Coordinates are compared in the stored images' pixels (the objects.csv frame).
 """
@@ -28,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kp_perception.errors import DataError
+from kp_perception.errors import DataError, ModelLoadError
 from kp_perception.preprocessing import model_to_frame_pixels, normalized_to_model_pixels
 from training.evaluation.ari import foreground_ari
 from training.evaluation.attributes import attribute_accuracy, match_points
@@ -40,14 +44,20 @@ from training.tusk.method import TuskMethod, image_size_of
 def load_method(checkpoint: dict) -> tuple[TuskMethod, bool]:
     """TuskMethod with the checkpoint's weights; second value: whether the decoder was restored."""
     method = TuskMethod(checkpoint["config"])
-    method.encoder.load_state_dict(checkpoint["encoder"])
     state = (checkpoint.get("training") or {}).get("method")
     has_decoder = False
-    if isinstance(state, dict):
-        dec = {k[len("decoder.") :]: v for k, v in state.items() if k.startswith("decoder.")}
-        if dec:
-            method.decoder.load_state_dict(dec)
-            has_decoder = True
+    try:
+        method.encoder.load_state_dict(checkpoint["encoder"])
+        if isinstance(state, dict):
+            dec = {k[len("decoder.") :]: v for k, v in state.items() if k.startswith("decoder.")}
+            if dec:
+                method.decoder.load_state_dict(dec)
+                has_decoder = True
+    except RuntimeError as exc:  # weights from another version of the model or config
+        first = str(exc).strip().splitlines()
+        raise ModelLoadError(
+            f"TUSK checkpoint does not fit its own config ({first[-1].strip() if first else 'state dict mismatch'})"
+        ) from None
     return method.eval(), has_decoder
 
 
@@ -159,8 +169,9 @@ def evaluate_tabletop(
     annotations: str,
     score_threshold: float = 0.5,
     match_radius: float = 0.08,
+    seed: int = 0,
 ) -> dict:
-    """Prototype purity against object identities on annotated video (``sim tabletop``)."""
+    """Prototype purity against object identities on annotated video (``sim tabletop``), and landmark regression."""
     from tqdm import tqdm
 
     from kp_perception.preprocessing import resize_rgb
@@ -172,8 +183,16 @@ def evaluate_tabletop(
     for a in read_annotations(annotations):
         if "/" in a.name and not a.name.startswith("arm/") and getattr(a, "visible", True):
             points.setdefault((a.sequence, int(a.frame)), []).append((a.name.split("/")[0], a.x, a.y))
+    names = sorted({a.name for a in read_annotations(annotations)})
+    name_index = {n: j for j, n in enumerate(names)}
+    targets: dict[tuple[str, int], np.ndarray] = {}
+    for a in read_annotations(annotations):
+        row = targets.setdefault((a.sequence, int(a.frame)), np.full((len(names), 3), np.nan))
+        row[name_index[a.name]] = (a.x, a.y, 1.0 if getattr(a, "visible", True) else 0.0)
     protos: list[int] = []
     identities: list[str] = []
+    slot_features: list[np.ndarray] = []
+    slot_targets: list[np.ndarray] = []
     frames = 0
     for seq in open_sequences(data_paths, image_topic=method.config.get("data", {}).get("image_topic")):
         for f, frame in enumerate(tqdm(seq.iter_frames(), desc=f"eval {seq.name}", unit="frame", leave=False)):
@@ -191,11 +210,15 @@ def evaluate_tabletop(
                 if d.min() <= match_radius * max(fw, fh):
                     protos.append(int(pred["prototypes"][0][k]))
                     identities.append(truth[int(d.argmin())][0])
+            slot_features.append(prototype_slots(xy, pred["prototypes"][0], method.encoder.num_prototypes))
+            slot_targets.append(targets[(seq.name, f)])
             frames += 1
     if frames == 0:
         raise DataError(f"{annotations}: no annotated frame matches the data's sequences")
+    landmarks = _landmark_regression(np.stack(slot_features), np.stack(slot_targets), seed) if frames >= 4 else None
     return {
         "frames": frames,
+        "landmark_rmse_px": landmarks,
         "detections_matched": len(protos),
         "purity": purity(protos, identities),
         "inverse_purity": inverse_purity(protos, identities),
@@ -203,6 +226,33 @@ def evaluate_tabletop(
         "identities": sorted(set(identities)),
         "score_threshold": score_threshold,
     }
+
+
+def prototype_slots(xy: np.ndarray, prototypes: np.ndarray, num_prototypes: int) -> np.ndarray:
+    """The reference's landmark-regression input: M×K×2 flattened, keypoints in their prototype's slot.
+
+    Inside a slot keypoints are sorted by x; unused places are zeros. xy: K×2 pixels.
+    """
+    k = len(xy)
+    slots = np.zeros((num_prototypes, k, 2), dtype=np.float64)
+    for m in range(num_prototypes):
+        members = xy[np.asarray(prototypes) == m]
+        members = members[np.argsort(members[:, 0])] if len(members) else members
+        slots[m, : len(members)] = members
+    return slots.reshape(-1)
+
+
+def _landmark_regression(features: np.ndarray, targets: np.ndarray, seed: int) -> float | None:
+    """RMSE (px) of a least-squares map from prototype slots to annotated points, fit/score on seeded halves."""
+    from training.pyramids.evaluate import landmark_rmse
+
+    visible = ~np.isnan(targets[..., 0]) & (np.nan_to_num(targets[..., 2]) > 0)
+    order = np.random.default_rng(seed).permutation(len(features))
+    half = len(order) // 2
+    try:
+        return landmark_rmse(features, np.nan_to_num(targets[..., :2]), visible, order[:half], order[half:])
+    except DataError:
+        return None
 
 
 def evaluate(
@@ -230,5 +280,7 @@ def evaluate(
     if frame_sources:
         if annotations is None:
             raise DataError(f"{frame_sources[0]}: TUSK evaluation on video needs --annotations (object identities)")
-        results["tabletop"] = evaluate_tabletop(method, frame_sources, annotations, score_threshold=score_threshold)
+        results["tabletop"] = evaluate_tabletop(
+            method, frame_sources, annotations, score_threshold=score_threshold, seed=seed
+        )
     return results
