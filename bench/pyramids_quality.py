@@ -93,6 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: the trainer's choice")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/results.md")
     parser.add_argument("--tag", default="", help="suffix of the result files (e.g. quick)")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                        help="no training: combine the runs of earlier result JSONs (e.g. one process per method)")
 
 
 def _cli(args: list[str], env: dict[str, str], log: Path) -> str:
@@ -118,7 +120,50 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "n": len(arr)}
 
 
+def _merge(args: argparse.Namespace) -> dict[str, Any]:
+    parts = [json.loads(Path(p).read_text()) for p in args.merge]
+    runs = [r for part in parts for r in part["runs"]]
+    setting = dict(parts[0]["setting"])
+    setting["seeds"] = min(len({r["seed"] for r in runs if r["method"] == m}) for m in {r["method"] for r in runs})
+    walls = [part["wall_clock_seconds"] for part in parts]
+    result = {
+        "setting": setting,
+        "table_rmse_px": _table(runs),
+        "runs": runs,
+        "wall_clock_seconds": {
+            "total": round(sum(w["total"] for w in walls), 1), "simulation": round(sum(w["simulation"] for w in walls), 1),
+            "per_run_mean": round(float(np.mean([r["train_seconds"] + r["eval_seconds"] for r in runs])), 1),
+            "processes": len(parts), "longest_process": round(max(w["total"] for w in walls), 1),
+        },
+        "merged_from": [str(p) for p in args.merge],
+    }
+    result["goal"] = _goal(result["table_rmse_px"])
+    return _write(result, args)
+
+
+def _table(runs: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for name in METHODS:
+        rows = [r for r in runs if r["method"] == name]
+        if rows:
+            table[name] = {k: _summary([r["rmse_px"][k] for r in rows]) for k in rows[0]["rmse_px"]}
+    return table
+
+
+def _write(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    tag = f"_{args.tag}" if args.tag else ""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"pyramids_quality{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    markdown = _markdown(result)
+    (RESULTS / f"pyramids_quality{tag}.md").write_text(markdown)
+    if not args.no_doc:
+        _update_doc(markdown)
+    return result
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.merge:
+        return _merge(args)
     size = args.size or (128 if args.paper else 64)
     episodes = args.episodes or (360 if args.paper else 40)
     test_episodes = args.test_episodes or (90 if args.paper else 20)
@@ -179,11 +224,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             })
             print(f"{name} seed {seed}: {metrics['rmse_px']}", file=sys.stderr)
 
-    table: dict[str, dict[str, dict[str, float]]] = {}
-    for name in names:
-        rows = [r for r in runs if r["method"] == name]
-        keys = rows[0]["rmse_px"].keys()
-        table[name] = {k: _summary([r["rmse_px"][k] for r in rows]) for k in keys}
+    table = _table(runs)
     result: dict[str, Any] = {
         "setting": {"size": size, "train_episodes": episodes, "test_episodes": test_episodes, "frames": args.frames,
                     "steps": steps, "batch_size": args.batch_size, "lr": lr, "seeds": args.seeds,
@@ -195,14 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                "per_run_mean": round(float(np.mean([r["train_seconds"] + r["eval_seconds"] for r in runs])), 1)},
     }
     result["goal"] = _goal(table)
-    tag = f"_{args.tag}" if args.tag else ""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"pyramids_quality{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-    markdown = _markdown(result)
-    (RESULTS / f"pyramids_quality{tag}.md").write_text(markdown)
-    if not args.no_doc:
-        _update_doc(markdown)
-    return result
+    return _write(result, args)
 
 
 def _goal(table: dict) -> dict[str, Any]:
