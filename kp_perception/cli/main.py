@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "export": "export",
     "infer": "infer",
     "bench": "bench",
+    "demo": "demo",
 }
 
 
