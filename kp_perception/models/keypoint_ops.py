@@ -52,12 +52,16 @@ def gaussian_heatmaps(points: Tensor, height: int, width: int, sigma: float = DE
     """Render B×N×2 points as B×N×H×W maps exp(-d²/σ²), peak 1 at the point (σ in [-1, 1] units).
 
     Separable (an outer product of 1-D Gaussians), so it costs O(N·(H+W)) exp calls.
+    Each 1-D exponent is capped at 40 (exp(-40) ≈ 4e-18) so the product never
+    becomes a float32 denormal: denormal heatmaps made the conditioned level's
+    convolution 40-60× slower on x86 in both torch and onnxruntime (1.1 ms vs
+    61-74 ms measured). Only values below 4e-18 change.
     """
     _check_points(points, "points")
     xs = _axis(width, points)
     ys = _axis(height, points)
-    gx = torch.exp(-((xs.view(1, 1, -1) - points[..., 0:1]) ** 2) / sigma**2)  # B×N×W
-    gy = torch.exp(-((ys.view(1, 1, -1) - points[..., 1:2]) ** 2) / sigma**2)  # B×N×H
+    gx = torch.exp(-(((xs.view(1, 1, -1) - points[..., 0:1]) ** 2) / sigma**2).clamp(max=40.0))  # B×N×W
+    gy = torch.exp(-(((ys.view(1, 1, -1) - points[..., 1:2]) ** 2) / sigma**2).clamp(max=40.0))  # B×N×H
     return gy.unsqueeze(-1) * gx.unsqueeze(-2)
 
 
