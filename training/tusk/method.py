@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, Subset
 
 from kp_perception.errors import ConfigError, DataError
 from kp_perception.models import build_encoder
-from training.distributed import all_reduce_grads
+from training.distributed import all_reduce_grads, any_rank
 from training.methods import TrainingMethod
 from training.tusk.decoders import build_decoder
 from training.tusk.losses import (
@@ -188,7 +188,8 @@ class TuskMethod(TrainingMethod):
         desc = extra["descriptors"].reshape(-1, extra["descriptors"].shape[-1])
         keep = extra["scores"].reshape(-1) >= float(self.loss_cfg["sw_min_score"])
         desc = desc[keep]
-        if desc.shape[0] < 2:
+        # Every rank must make the same number of gradient all-reduces, so all skip together.
+        if any_rank(desc.shape[0] < 2, device=desc.device):
             return {}
         opt = optimizers["prototypes"]
         protos = self.encoder.prototypes
