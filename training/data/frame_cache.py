@@ -39,7 +39,7 @@ from kp_perception.preprocessing import resize_rgb
 from kp_perception.sequences import Sequence
 
 # Bump when the cache layout or the resize policy changes, so old caches are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: resize_rgb halves by 2×2 boxes before INTER_AREA
 
 
 def default_cache_dir() -> Path:
