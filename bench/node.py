@@ -324,31 +324,20 @@ class _Receiver:
 
 def _publisher(rate: float, seconds: float) -> dict:
     """Publish 640×480 rgb8 frames at ``rate`` until killed (at most ``seconds``); print each stamp sent."""
-    import rclpy
-    from rclpy.qos import qos_profile_sensor_data
-    from sensor_msgs.msg import Image
+    import itertools
 
-    from kp_perception.image_conversion import numpy_to_image
+    import rclpy
+
+    from kp_perception.playback import FramePlayer
 
     rclpy.init()
     node = rclpy.create_node("bench_node_publisher")
-    pub = node.create_publisher(Image, IMAGE_TOPIC, qos_profile_sensor_data)
+    player = FramePlayer(node, IMAGE_TOPIC)
     rng = np.random.default_rng(1)
-    frames = [numpy_to_image(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8), "rgb8") for _ in range(8)]
-    deadline = time.monotonic() + 30.0
-    while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    period = 1.0 / rate
-    start = time.perf_counter()
-    for i in range(int(seconds * rate)):
-        delay = start + i * period - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        msg = frames[i % len(frames)]
-        msg.header.frame_id = "camera"
-        msg.header.stamp = node.get_clock().now().to_msg()
-        pub.publish(msg)
-        print(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, flush=True)
+    frames = [rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8) for _ in range(8)]
+    player.wait_for_subscribers(timeout=30.0)
+    player.play(itertools.islice(itertools.cycle(frames), int(seconds * rate)), rate,
+                on_sent=lambda sent: print(sent.stamp_ns, flush=True))
     node.destroy_node()
     rclpy.try_shutdown()
     return {}

@@ -15,7 +15,7 @@ naming). Conversion goes through :mod:`kp_perception.image_conversion`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,12 +81,13 @@ class FramePlayer:
         return SentFrame(index=index, stamp_ns=now.nanoseconds, sent_monotonic=time.monotonic())
 
     def play(self, frames: Iterable[np.ndarray], rate_hz: float, progress: bool = False, total: int | None = None,
-             ) -> list[SentFrame]:
+             on_sent: Callable[[SentFrame], None] | None = None) -> list[SentFrame]:
         """Publish ``frames`` at ``rate_hz`` on a fixed schedule (no bursts after a late frame).
 
         Frame i is due one period after frame i-1 was due; when publishing falls
         more than a period behind, the schedule restarts from now instead of
-        sending the missed frames in a burst to catch up.
+        sending the missed frames in a burst to catch up. ``on_sent`` is called
+        right after each publish (e.g. to stream stamps to another process).
         """
         from tqdm import tqdm
 
@@ -98,6 +99,8 @@ class FramePlayer:
             if delay > 0:
                 time.sleep(delay)
             sent.append(self.publish(frame, index))
+            if on_sent is not None:
+                on_sent(sent[-1])
             due = max(due + period, time.monotonic())  # late: reset the schedule, owe nothing
         return sent
 
