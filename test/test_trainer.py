@@ -264,13 +264,17 @@ def test_method_registry_rejects_unknown_kind():
 
 
 SCRIPT = """
-import sys, json
+import sys, json, os
+from pathlib import Path
 sys.path.insert(0, {repo!r})
 from test.test_trainer import tiny_config
 from training.trainer import train
 config = tiny_config(**json.loads(sys.argv[2]))
-print(json.dumps(train("keynet", config, ["unused"], sys.argv[1], method="test.test_trainer:TinyMethod",
-                       device="cpu", progress=False, write_rank_hashes=True)))
+summary = json.dumps(train("keynet", config, ["unused"], sys.argv[1], method="test.test_trainer:TinyMethod",
+                           device="cpu", progress=False, write_rank_hashes=True))
+# Ranks share torchrun's stdout, where their lines can interleave; each rank's summary goes to its own file.
+Path(sys.argv[1], f"summary_rank_{{os.environ.get('RANK', '0')}}.json").write_text(summary)
+print(summary)
 """
 
 
@@ -305,7 +309,7 @@ def test_torchrun_two_gloo_ranks_hold_identical_weights(tmp_path):
     # A zero budget stops both ranks together after one step (checkpoint written), then the run resumes to 6.
     first = run_group([*cmd, '{"steps": 6, "max_minutes": 0.0}'], timeout=80, env=_env(), cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    stops = [json.loads(line) for line in first.stdout.splitlines() if line.startswith("{")]
+    stops = [json.loads((out / f"summary_rank_{r}.json").read_text()) for r in range(2)]
     assert [(d["rank"], d["step"], d["stopped"]) for d in sorted(stops, key=lambda d: d["rank"])] == [
         (0, 1, "budget"), (1, 1, "budget")]
     proc = run_group([*cmd, '{"steps": 6, "num_workers": 1}'], timeout=80, env=_env(), cwd=tmp_path)
