@@ -46,8 +46,11 @@ PASS_TOPIC = f"/{NAMESPACE}/passthrough"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="exported Keypoint Pyramids .onnx (default: build an initial-weights "
-                        "paper-sized model at --image-size; weights do not change the cost)")
+                        "model of --architecture at --image-size; weights do not change the cost)")
     parser.add_argument("--image-size", type=int, default=128, help="model input size when building one")
+    parser.add_argument("--architecture", choices=["cpu", "paper"], default="cpu",
+                        help="widths when building a model: 'cpu' = the CPU preset the quality bench and the "
+                        "shipped model use (FPN width 16, 32 channels), 'paper' = config/training/pyramids.yaml")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds discarded at the start of each run")
     parser.add_argument("--rates", type=float, nargs="+", default=[30.0, 60.0], help="input rates (Hz)")
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.role == "passthrough":
         return _passthrough()
     with tempfile.TemporaryDirectory(prefix="bench_node_") as tmp:
-        model = Path(args.model) if args.model else _build_model(Path(tmp), args.image_size)
+        model = Path(args.model) if args.model else _build_model(Path(tmp), args.image_size, args.architecture)
         if not model.exists():
             raise KpPerceptionError(f"model file {model} does not exist")
         return _bench(args, model)
@@ -89,7 +92,7 @@ def _bench(args: argparse.Namespace, model: Path) -> dict:
     bar = tqdm(total=steps, desc="bench node", file=sys.stderr)
     backend = load_backend(model, expected_kind="pyramids", threads=args.node_threads)
     out: dict = {
-        "model": str(model),
+        "model": str(model) if args.model else f"initial weights, {args.architecture} architecture",
         "model_input": [backend.sidecar.input_width, backend.sidecar.input_height],
         "frame": [WIDTH, HEIGHT],
         "node_threads": args.node_threads,
@@ -368,18 +371,22 @@ def _passthrough() -> dict:
 # --- small helpers --------------------------------------------------------------------------------
 
 
-def _build_model(out_dir: Path, image_size: int) -> Path:
-    """Initial-weights paper-sized Keypoint Pyramids (10 + 20 keypoints) exported to ONNX at image_size."""
+def _build_model(out_dir: Path, image_size: int, architecture: str) -> Path:
+    """Initial-weights Keypoint Pyramids (10 + 20 keypoints) exported to ONNX at image_size."""
     import torch
 
+    from bench.pyramids_quality import CPU_PRESET
     from kp_perception.checkpoint import save_checkpoint
     from kp_perception.models import build_encoder
     from training.export import export_checkpoint
 
+    model_cfg: dict = {}
+    if architecture == "cpu":
+        model_cfg = {k.split(".")[1]: int(v) for k, v in (i.split("=") for i in CPU_PRESET) if k.startswith("model.")}
     torch.manual_seed(0)
-    encoder = build_encoder("pyramids", {})
+    encoder = build_encoder("pyramids", model_cfg)
     checkpoint = out_dir / "pyramids.pt"
-    save_checkpoint(checkpoint, {"kind": "pyramids", "config": {"model": {}, "data": {"image_size": image_size}},
+    save_checkpoint(checkpoint, {"kind": "pyramids", "config": {"model": model_cfg, "data": {"image_size": image_size}},
                                  "encoder": encoder.state_dict(), "training": {}})
     return export_checkpoint(checkpoint, out_dir / "pyramids.onnx").onnx_path
 

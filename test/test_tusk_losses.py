@@ -13,6 +13,7 @@ from training.tusk.losses import (
     reconstruction_loss,
     sliced_wasserstein_loss,
 )
+from training.tusk.prototype_restart import reseed_unused_prototypes
 from training.tusk.tps import apply_tps, identity_tps, random_tps
 
 
@@ -53,6 +54,27 @@ def test_sliced_wasserstein_moves_prototypes_towards_the_descriptors():
     after = nearest_centre_distance()
     assert (after < 0.2 * before).all(), (before, after)  # every cluster got a prototype
     assert after.max() < 0.005
+
+
+def test_collapsed_prototypes_are_reseeded_onto_the_unexplained_cluster():
+    # The state seen in training (docs/tusk.md): one prototype between the two clusters takes
+    # every descriptor, the others are never chosen, so sliced-Wasserstein steps (which sample
+    # prototypes by use) never split the winner.
+    torch.manual_seed(0)
+    centres = F.normalize(torch.randn(2, 16), dim=1)
+    desc = F.normalize(centres.repeat_interleave(64, 0) + 0.05 * torch.randn(128, 16), dim=1)
+    protos = torch.cat([F.normalize(centres.mean(0, keepdim=True), dim=1), -F.normalize(torch.randn(3, 16), dim=1)])
+    ids = ((desc[:, None] - protos[None]) ** 2).mean(-1).argmin(1)
+    counts = torch.bincount(ids, minlength=4).double()
+    assert counts[0] == 128  # collapsed
+
+    dead = reseed_unused_prototypes(protos, desc, counts, below=0.1, generator=torch.Generator().manual_seed(0))
+    assert dead.sum() == (counts < 0.1 * 128 / 4).sum() >= 1
+    assert torch.allclose(protos.norm(dim=1), torch.ones(4))
+    ids = ((desc[:, None] - protos[None]) ** 2).mean(-1).argmin(1)
+    # Now no prototype is shared between the clusters: purity 1.
+    assert not set(ids[:64].tolist()) & set(ids[64:].tolist())
+    assert not dead[counts >= 0.1 * 128 / 4].any()  # used prototypes were left alone
 
 
 def test_sliced_wasserstein_does_not_touch_the_descriptors():

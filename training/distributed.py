@@ -93,3 +93,9 @@ def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> l
 def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
     """True on every rank when ``flag`` is true on any rank (so all ranks stop at the same step)."""
     return all_reduce_sum([1.0 if flag else 0.0], device)[0] > 0
+
+
+def broadcast_(tensor: torch.Tensor, src: int = 0) -> None:
+    """Overwrite ``tensor`` on every rank with rank ``src``'s values (in place; no-op without a group)."""
+    if is_initialized() and world_size() > 1:
+        dist.broadcast(tensor, src=src)

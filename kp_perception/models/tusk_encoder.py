@@ -126,7 +126,8 @@ def detect_keypoints(
     b, _, h, w = heatmap.shape
     pad = window // 2
     select = heatmap if selection is None else selection
-    pooled = F.max_pool2d(select, window, stride=1, padding=pad)
+    # Max and box filters are separable: two 1-D passes cost 2w per pixel instead of w².
+    pooled = F.max_pool2d(F.max_pool2d(select, (1, window), 1, (0, pad)), (window, 1), 1, (pad, 0))
     peaks = select * (select >= pooled).to(select.dtype)
     _, idx = torch.topk(peaks.reshape(b, h * w), num_keypoints, dim=1)  # B×K
 
@@ -134,7 +135,7 @@ def detect_keypoints(
     xs = torch.arange(w, dtype=heatmap.dtype, device=heatmap.device).reshape(1, 1, 1, w).expand(1, 1, h, w)
     ys = torch.arange(h, dtype=heatmap.dtype, device=heatmap.device).reshape(1, 1, h, 1).expand(1, 1, h, w)
     stacked = torch.cat([weight, weight * xs, weight * ys], dim=1)  # B×3×H×W
-    sums = F.avg_pool2d(stacked, window, stride=1, padding=pad, count_include_pad=True)
+    sums = F.avg_pool2d(F.avg_pool2d(stacked, (1, window), 1, (0, pad)), (window, 1), 1, (pad, 0))
     den = sums[:, 0:1].clamp_min(1e-12)
     ref_x = (sums[:, 1:2] / den).reshape(b, h * w)
     ref_y = (sums[:, 2:3] / den).reshape(b, h * w)

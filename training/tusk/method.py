@@ -28,7 +28,8 @@ from torch.utils.data import Dataset, Subset
 
 from kp_perception.errors import ConfigError, DataError
 from kp_perception.models import build_encoder
-from training.distributed import all_reduce_grads, any_rank
+from kp_perception.models.tusk_encoder import prototype_distances
+from training.distributed import all_reduce_grads, all_reduce_sum, any_rank, broadcast_
 from training.methods import TrainingMethod
 from training.tusk.decoders import build_decoder
 from training.tusk.losses import (
@@ -39,6 +40,7 @@ from training.tusk.losses import (
     reconstruction_loss,
     sliced_wasserstein_loss,
 )
+from training.tusk.prototype_restart import reseed_unused_prototypes
 from training.tusk.tps import TPS_PRESETS, apply_tps, random_tps
 
 LOSS_DEFAULTS: dict[str, Any] = {
@@ -54,7 +56,12 @@ LOSS_DEFAULTS: dict[str, Any] = {
     "sw_noise_std": 0.02,
     "sw_min_score": 0.0,
 }
-PROTOTYPE_DEFAULTS: dict[str, Any] = {"steps": 8, "lr": 0.1, "betas": [0.5, 0.999]}
+# restart_every: every this many batches, prototypes chosen by fewer than restart_below × an
+# even share of the descriptors since the last restart are re-seeded on the data
+# (training/tusk/prototype_restart.py); 0 = never.
+PROTOTYPE_DEFAULTS: dict[str, Any] = {
+    "steps": 8, "lr": 0.1, "betas": [0.5, 0.999], "restart_every": 25, "restart_below": 0.1,
+}
 
 
 def image_size_of(config: dict) -> tuple[int, int]:
@@ -88,6 +95,12 @@ class TuskMethod(TrainingMethod):
         if unknown:
             raise ConfigError(f"unknown config key 'loss.{unknown[0]}' (known: {', '.join(LOSS_DEFAULTS)})")
         self.proto_cfg = {**PROTOTYPE_DEFAULTS, **config.get("prototypes", {})}
+        unknown = sorted(set(self.proto_cfg) - set(PROTOTYPE_DEFAULTS))
+        if unknown:
+            raise ConfigError(f"unknown config key 'prototypes.{unknown[0]}' (known: {', '.join(PROTOTYPE_DEFAULTS)})")
+        # Assignments per prototype and batches since the last restart: in the state dict, so resume is exact.
+        self.register_buffer("prototype_counts", torch.zeros(self.encoder.num_prototypes, dtype=torch.float64))
+        self.register_buffer("batches_since_restart", torch.zeros((), dtype=torch.int64))
         data = config.get("data", {})
         tps = data.get("tps", "multi_object")
         self.tps_cfg = dict(TPS_PRESETS[tps]) if isinstance(tps, str) else dict(tps)
@@ -206,7 +219,34 @@ class TuskMethod(TrainingMethod):
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():  # keep the stored parameter on the unit sphere, as it is used
             protos.copy_(torch.nn.functional.normalize(protos, dim=1))
-        return {"loss/sliced_wasserstein": value}
+        logs = {"loss/sliced_wasserstein": value}
+        restarted = self._restart_unused_prototypes(desc, opt)
+        if restarted is not None:
+            logs["prototypes/restarted"] = float(restarted)
+        return logs
+
+    @torch.no_grad()
+    def _restart_unused_prototypes(self, desc: Tensor, opt: torch.optim.Optimizer) -> int | None:
+        """Count assignments; every ``restart_every`` batches re-seed the unused prototypes (rank 0's choice)."""
+        every = int(self.proto_cfg["restart_every"])
+        if every <= 0:
+            return None
+        protos = self.encoder.prototypes
+        ids = prototype_distances(desc.unsqueeze(0), self.encoder.normalized_prototypes()).squeeze(0).argmin(dim=1)
+        self.prototype_counts += torch.bincount(ids, minlength=protos.shape[0]).to(self.prototype_counts.dtype)
+        self.batches_since_restart += 1
+        if int(self.batches_since_restart) < every:
+            return None
+        counts = torch.tensor(all_reduce_sum(self.prototype_counts.tolist(), desc.device), device=desc.device)
+        dead = reseed_unused_prototypes(protos.data, desc, counts, float(self.proto_cfg["restart_below"]))
+        broadcast_(protos.data)
+        state = opt.state.get(protos, {})
+        for key in ("exp_avg", "exp_avg_sq"):  # a restarted prototype starts with fresh moments
+            if key in state:
+                state[key][dead] = 0
+        self.prototype_counts.zero_()
+        self.batches_since_restart.zero_()
+        return int(dead.sum())
 
     # ----------------------------------------------------------------- TensorBoard
     @torch.no_grad()
