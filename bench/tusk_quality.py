@@ -44,9 +44,9 @@ PAPER = {
 }
 CONFIGS = {"tetrominoes": "tusk_tetrominoes", "mnist-hard": "tusk_mnist_hard", "tabletop": "tusk_tabletop"}
 GPU_FULL = {
-    "tetrominoes": ["data.image_size=112", "model.nms_window=27", "train.batch_size=38"],
+    "tetrominoes": ["data.image_size=112", "model.nms_window=27", "decoder.rgba.sprite_px=67", "train.batch_size=38"],
     "mnist-hard": ["train.batch_size=120"],
-    "tabletop": ["data.image_size=128", "model.nms_window=13", "train.batch_size=32"],
+    "tabletop": ["data.image_size=128", "model.nms_window=13", "decoder.rgba.sprite_px=33", "train.batch_size=32"],
 }
 
 

@@ -53,6 +53,8 @@ def _build(args: argparse.Namespace):
     )
     # The NMS window scales with the image (27 px at 112 px in the reference).
     config["model"]["nms_window"] = max(3, (27 * args.image_size // 112) | 1)
+    # So does the sprite (21 px at the preset's 35 px: 67 px at 112 px).
+    config["decoder"]["rgba"]["sprite_px"] = max(3, (21 * args.image_size // 35) | 1)
     torch.manual_seed(args.seed)
     method = TuskMethod(config)
     return method, method.configure_optimizers()

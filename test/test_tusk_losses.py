@@ -112,22 +112,52 @@ def test_perceptual_loss_fails_clearly_without_local_weights(tmp_path):
 
 def test_rgba_decoder_composites_with_alpha_summing_to_one():
     torch.manual_seed(0)
-    dec = RgbaDecoder(descriptor_dim=8, hidden=16)
+    dec = RgbaDecoder(descriptor_dim=8, hidden=16, sprite_px=7)
     kp = torch.tensor([[[-0.5, -0.5], [0.5, 0.4]]])
     out = dec(kp, torch.tensor([[0.9, 0.8]]), F.normalize(torch.randn(1, 2, 8), dim=-1), (12, 20))
     assert out["reconstruction"].shape == (1, 3, 12, 20)
     assert out["alpha"].shape == (1, 2, 12, 20)
     assert torch.allclose(out["alpha"].sum(1), torch.ones(1, 12, 20), atol=1e-5)
-    with_bg = RgbaDecoder(descriptor_dim=8, hidden=16, background=True)
-    assert with_bg(kp, torch.tensor([[0.9, 0.8]]), F.normalize(torch.randn(1, 2, 8), dim=-1), (12, 20))["alpha"].shape == (1, 3, 12, 20)
+    with_bg = RgbaDecoder(descriptor_dim=8, hidden=16, sprite_px=7, background=True)
+    alpha = with_bg(kp, torch.tensor([[0.9, 0.8]]), F.normalize(torch.randn(1, 2, 8), dim=-1), (12, 20))["alpha"]
+    assert alpha.shape == (1, 3, 12, 20)
+    assert torch.allclose(alpha.sum(1), torch.ones(1, 12, 20), atol=1e-5)
+
+
+def test_rgba_sprite_is_pasted_at_its_keypoint():
+    """A layer equals its sprite around the keypoint, shifted with it, and is black outside it."""
+    torch.manual_seed(0)
+    dec = RgbaDecoder(descriptor_dim=4, hidden=8, sprite_px=5)
+    desc = F.normalize(torch.randn(1, 1, 4), dim=-1)
+    sprite_rgb = dec.sprites(desc)[0, 0, :3]  # 3×5×5
+    h = w = 15
+    for cx, cy in ((4, 6), (10, 9)):
+        kp = torch.tensor([[[cx / (w - 1) * 2 - 1, cy / (h - 1) * 2 - 1]]])
+        rgb = dec(kp, torch.ones(1, 1), desc, (h, w))["rgb"][0, 0]
+        assert torch.allclose(rgb[:, cy - 2 : cy + 3, cx - 2 : cx + 3], sprite_rgb, atol=1e-5)
+        outside = torch.ones(h, w, dtype=torch.bool)
+        outside[cy - 2 : cy + 3, cx - 2 : cx + 3] = False
+        assert rgb[:, outside].abs().max() < 1e-6
+
+
+def test_rgba_decoder_gives_keypoints_a_gradient():
+    torch.manual_seed(0)
+    dec = RgbaDecoder(descriptor_dim=4, hidden=8, sprite_px=7)
+    kp = torch.tensor([[[0.1, -0.2], [-0.3, 0.25]]], requires_grad=True)
+    out = dec(kp, torch.ones(1, 2), F.normalize(torch.randn(1, 2, 4), dim=-1), (16, 16))
+    (out["reconstruction"] - 0.3).pow(2).sum().backward()
+    assert kp.grad.abs().min() > 0
 
 
 def test_empty_slots_do_not_paint():
-    """A slot with score 0 contributes nothing: its descriptor gets no gradient (varying object counts)."""
+    """A slot with score 0 contributes nothing: its descriptor gets no gradient (varying object counts).
+
+    For the sprite decoder that needs the background layer: without it some layer must own every pixel.
+    """
     torch.manual_seed(0)
     kp = torch.tensor([[[-0.5, 0.0], [0.5, 0.0]]])
     scores = torch.tensor([[1.0, 0.0]])
-    for dec in (SplatDecoder(descriptor_dim=4, width=8), RgbaDecoder(descriptor_dim=4, hidden=8)):
+    for dec in (SplatDecoder(descriptor_dim=4, width=8), RgbaDecoder(descriptor_dim=4, hidden=8, sprite_px=9, outside_logit=-12.0, background=True)):
         desc = F.normalize(torch.randn(1, 2, 4), dim=-1).requires_grad_()
         dec(kp, scores, desc, (16, 16))["reconstruction"].sum().backward()
         assert desc.grad[0, 0].abs().sum() > 0
