@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternating rounds; the median is reported")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=("preset", "fp32", "bf16"), default="preset",
+                        help="forward passes of BOTH schedules in float32 or under bfloat16 autocast "
+                             "(train.cpu_bf16); 'preset' follows the Tetrominoes preset")
 
 
 def _build(args: argparse.Namespace):
@@ -47,10 +50,10 @@ def _build(args: argparse.Namespace):
     from training.config import load_config
     from training.tusk.method import TuskMethod
 
-    config = load_config(
-        "tusk_tetrominoes",
-        [f"data.image_size={args.image_size}", f"prototypes.steps={args.prototype_steps}"],
-    )
+    overrides = [f"data.image_size={args.image_size}", f"prototypes.steps={args.prototype_steps}"]
+    if args.precision != "preset":
+        overrides.append(f"train.cpu_bf16={'true' if args.precision == 'bf16' else 'false'}")
+    config = load_config("tusk_tetrominoes", overrides)
     # The NMS window scales with the image (27 px at 112 px in the reference).
     config["model"]["nms_window"] = max(3, (27 * args.image_size // 112) | 1)
     # So does the sprite (21 px at the preset's 35 px: 67 px at 112 px).
@@ -60,13 +63,21 @@ def _build(args: argparse.Namespace):
     return method, method.configure_optimizers()
 
 
+def _autocast(method):
+    """The trainer's autocast for this method's config (bfloat16 on CPU when train.cpu_bf16)."""
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(method.config["train"].get("cpu_bf16")))
+
+
 def _main_step(method, optimizers, batch) -> dict:
     opt = optimizers["main"]
     opt.zero_grad(set_to_none=True)
-    loss, _, extra = method(batch)
+    with _autocast(method):
+        loss, _, extra = method(batch)
     loss.backward()
     opt.step()
-    return extra
+    return {k: v.float() for k, v in extra.items()}
 
 
 def ours_step(method, optimizers, batch) -> None:
@@ -88,12 +99,13 @@ def reference_step(method, optimizers, batch, prototype_steps: int) -> None:
     cfg = method.loss_cfg
     for _ in range(prototype_steps):
         warped = apply_tps(images, random_tps(images.shape[0], **method.tps_cfg), padding_mode=method.image_padding)
-        out = method.encoder(torch.cat([images, warped]))
+        with _autocast(method):
+            out = method.encoder(torch.cat([images, warped]))
         opt.zero_grad(set_to_none=True)
         method.zero_grad(set_to_none=True)
         # As in the reference: the loss sees live (not detached) descriptors, so backward runs
         # through the whole encoder; only the prototypes are stepped.
-        desc = out["descriptors"].reshape(-1, out["descriptors"].shape[-1])
+        desc = out["descriptors"].float().reshape(-1, out["descriptors"].shape[-1])
         sw = sliced_wasserstein_loss(desc, method.encoder.prototypes, int(cfg["sw_projections"]), float(cfg["sw_noise_std"]))
         sw = sw + 0.0 * desc.sum()  # keep the encoder in the graph (the reference loss was not detached)
         sw.backward()
@@ -135,6 +147,7 @@ def run(args: argparse.Namespace) -> dict:
         "batch": args.batch,
         "prototype_steps": args.prototype_steps,
         "torch_threads": torch.get_num_threads(),
+        "precision": "bf16" if method.config["train"].get("cpu_bf16") else "fp32",
         "ours_images_per_s": round(ours_ips, 3),
         "reference_schedule_images_per_s": round(ref_ips, 3),
         "ratio_ours_vs_reference_schedule": round(ours_ips / ref_ips, 2),

@@ -358,3 +358,31 @@ def test_mixed_precision_on_cuda_trains_and_saves_the_scaler(tmp_path):
     assert summary["device"].startswith("cuda") and summary["step"] == 4
     scaler = load_checkpoint(tmp_path / "run" / "last.pt")["training"]["scaler"]
     assert scaler is not None and scaler["scale"] > 0
+
+
+class Bf16ProbeMethod(TinyMethod):
+    """TinyMethod that records the dtype its encoder computed in."""
+
+    dtypes: list[torch.dtype] = []
+
+    def forward(self, batch):
+        loss, logs, extra = super().forward(batch)
+        Bf16ProbeMethod.dtypes.append(self.encoder(batch["noisy"][:1]).dtype)
+        return loss, logs, extra
+
+
+def test_cpu_bf16_computes_in_bfloat16_learns_and_keeps_float32_weights(tmp_path):
+    Bf16ProbeMethod.dtypes.clear()
+    out = tmp_path / "run"
+    train("keynet", tiny_config(steps=40, val_every=10, cpu_bf16=True), ["unused"], out,
+          method="test.test_trainer:Bf16ProbeMethod", device="cpu", progress=False)
+    # Every training step computes in bfloat16; validation stays float32, so its losses compare across runs.
+    assert Bf16ProbeMethod.dtypes.count(torch.bfloat16) == 40
+    state = load_checkpoint(out / "last.pt")
+    assert all(v.dtype == torch.float32 for v in state["encoder"].values())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    losses = [e.value for e in acc.Scalars("loss/main")]
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])

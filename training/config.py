@@ -42,6 +42,10 @@ DEFAULT_CONFIGS = {
 class TrainSettings:
     """The ``train`` section: everything the trainer itself reads.
 
+    ``amp``: float16 autocast with a gradient scaler on CUDA. ``cpu_bf16``: bfloat16
+    autocast on CPU (fast on CPUs with AMX or AVX512-BF16; weights, optimiser state
+    and losses stay float32; bfloat16 has float32's range, so no scaler).
+
     best.pt is chosen by the mean validation loss every ``val_every`` steps
     when the method has a val split, otherwise by an exponential moving
     average (decay ``loss_ema``) of the training loss, checked at each checkpoint.
@@ -60,6 +64,7 @@ class TrainSettings:
     grad_clip: float | None = None
     max_minutes: float | None = None
     amp: bool = True
+    cpu_bf16: bool = False
     find_unused_parameters: bool = True
     loss_ema: float = 0.98
 

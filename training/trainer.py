@@ -369,6 +369,8 @@ def _train(
     main_params = [p for g in optimizers["main"].param_groups for p in g["params"]]
     use_amp = settings.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    use_bf16 = settings.cpu_bf16 and device.type == "cpu"
+    autocast_dtype = torch.bfloat16 if use_bf16 else torch.float16
 
     step, best_metric, loss_ema, elapsed_before = 0, math.inf, None, 0.0
     if resume is not None:
@@ -479,7 +481,7 @@ def _train(
             while step < settings.steps:
                 batch = _to_device(next(iterator), device, non_blocking=device.type == "cuda")
                 model.train()
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=use_amp or use_bf16):
                     loss, logs, extra = wrapped(batch)
                 if not torch.isfinite(loss.detach()).all():
                     raise TrainingDivergedError(

@@ -107,9 +107,13 @@ class TuskMethod(TrainingMethod):
         self.image_padding = data.get("tps_padding", "zeros")
         weight = float(self.loss_cfg["perceptual_weight"])
         self.vgg = VGGPerceptual(self.loss_cfg["vgg16_weights"]) if weight > 0 else None
-        # channels_last: oneDNN convolutions on CPU; measured ~1.4x less CPU time for the
-        # encoder's forward+backward at 112 px (docs/tusk.md). Weights keep their values.
-        self.to(memory_format=torch.channels_last)
+        # Memory format for CPU convolutions (docs/tusk.md, measured per step): in float32,
+        # channels_last took ~1.4x less CPU time at 112 px; under bfloat16 autocast
+        # (train.cpu_bf16) the default layout is faster (GroupNorm's channels_last
+        # bfloat16 backward is slow). Weights keep their values either way.
+        bf16 = bool(config.get("train", {}).get("cpu_bf16", False))
+        self.memory_format = torch.contiguous_format if bf16 else torch.channels_last
+        self.to(memory_format=self.memory_format)
 
     # ----------------------------------------------------------------- data
     @classmethod
@@ -165,7 +169,7 @@ class TuskMethod(TrainingMethod):
         return {**enc, **dec}
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float], Any]:
-        images = batch["image"].contiguous(memory_format=torch.channels_last)
+        images = batch["image"].contiguous(memory_format=self.memory_format)
         b = images.shape[0]
         warp = random_tps(b, **self.tps_cfg, device=images.device)
         warped = apply_tps(images, warp, padding_mode=self.image_padding)
@@ -182,9 +186,16 @@ class TuskMethod(TrainingMethod):
             logs["loss/perceptual"] = per.item()
         weights = out["scores"].detach() if cfg["kmeans_score_weighted"] else None
         km = kmeans_loss(out["descriptors"], self.encoder.normalized_prototypes(), cfg["kmeans_sharpness"], weights)
-        eq_h = equivariance_loss(out["heatmap"][:b], out["heatmap"][b:], warp)
-        eq_f = equivariance_loss(out["features"][:b], out["features"][b:], warp)
-        loss = loss + cfg["kmeans"] * km + cfg["equivariance_heatmap"] * eq_h + cfg["equivariance_features"] * eq_f
+        loss = loss + cfg["kmeans"] * km
+        eq = {}
+        for name, key in (("heatmap", "heatmap"), ("features", "features")):
+            weight = float(cfg[f"equivariance_{name}"])
+            # A term with weight 0 is still logged, but without a graph: its backward is not free.
+            with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0.0):
+                eq[name] = equivariance_loss(out[key][:b], out[key][b:], warp)
+            if weight != 0.0:
+                loss = loss + weight * eq[name]
+        eq_h, eq_f = eq["heatmap"], eq["features"]
         logs.update(
             {
                 "loss/kmeans": km.item(),
