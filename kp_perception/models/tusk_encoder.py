@@ -223,9 +223,14 @@ class TuskEncoder(nn.Module):
         self.prototypes = nn.Parameter(F.normalize(torch.randn(self.num_prototypes, descriptor_dim), dim=1))
 
     def maps(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Dense outputs: score map B×1×H×W in [0, 1] and feature map B×C×H×W (not normalised)."""
+        """Dense outputs: score map B×1×H×W in [0, 1] and feature map B×C×H×W (not normalised), float32.
+
+        Under reduced-precision autocast only the convolutions run in it: keypoint
+        refinement, descriptors and prototype distances need float32's mantissa
+        (bfloat16 has 8 bits; prototype distances are compared at sharpness 20).
+        """
         feats = self.unet(images)
-        return self.score_head(feats), self.feature_head(feats)
+        return self.score_head(feats).float(), self.feature_head(feats).float()
 
     def normalized_prototypes(self) -> Tensor:
         """M×C, unit length: the prototypes as used everywhere."""
