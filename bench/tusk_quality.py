@@ -65,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/results.md")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--fresh", action="store_true",
+                        help="drop the other datasets' results from bench/results/tusk_quality.json "
+                             "(default: a run replaces only the datasets it ran)")
 
 
 def _cli(*args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
@@ -168,13 +171,16 @@ def _metrics_of(result: dict) -> list[str]:
 
 
 def _markdown(report: dict) -> str:
-    lines = [
-        BEGIN,
-        "## TUSK",
+    lines = [BEGIN, "## TUSK", ""]
+    for r in report["results"]:
+        lines.append(
+            f"- {r['dataset']} ({r.get('date', 'date not recorded')}): `{r.get('command', '')}`. Budget "
+            f"{r.get('max_minutes')} min of training (wall clock, {r.get('evals')} chunks), CPU load average "
+            f"{r.get('load_before')} before / {r.get('load_after')} after on {os.cpu_count()} cores."
+        )
+    lines += [
         "",
-        f"Command: `{report['command']}`. Budget: {report['max_minutes']} min of training per dataset "
-        f"(wall clock, {report['evals']} chunks), CPU load average {report['load_before']} before / "
-        f"{report['load_after']} after on {os.cpu_count()} cores. Held-out test images from a different seed.",
+        "Held-out test images from a different seed.",
         "",
         "| dataset | metric | ours | paper | steps | minutes |",
         "|---|---|---|---|---|---|",
@@ -208,25 +214,35 @@ def _write_docs(text: str) -> None:
     DOC.write_text(new)
 
 
+def _command() -> str:
+    if sys.argv[0].endswith("tusk_quality.py"):
+        return "python -m bench.tusk_quality " + " ".join(sys.argv[1:])
+    return "kp-perception bench tusk_quality " + " ".join(sys.argv[3:])
+
+
+def _merge(previous: list[dict], new: list[dict]) -> list[dict]:
+    """Results by dataset: this run's replace earlier ones, the others are kept; in CONFIGS order."""
+    by_name = {r["dataset"]: r for r in previous} | {r["dataset"]: r for r in new}
+    return [by_name[name] for name in CONFIGS if name in by_name]
+
+
 def run(args: argparse.Namespace) -> dict:
     work = args.workdir or ROOT / "build" / "tusk_quality"
     work.mkdir(parents=True, exist_ok=True)
-    load_before = round(os.getloadavg()[0], 1)
-    results = [run_dataset(name, args, work) for name in args.datasets]
-    report = {
-        "benchmark": "tusk_quality",
-        "command": "python -m bench.tusk_quality " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("tusk_quality.py")
-        else "kp-perception bench tusk_quality",
-        "max_minutes": args.max_minutes,
-        "evals": args.evals,
-        "gpu_full": args.gpu_full,
-        "load_before": load_before,
-        "load_after": round(os.getloadavg()[0], 1),
-        "results": results,
-    }
+    results = []
+    for name in args.datasets:
+        load_before = round(os.getloadavg()[0], 1)
+        result = run_dataset(name, args, work)
+        result |= {"command": _command(), "max_minutes": args.max_minutes, "evals": args.evals,
+                   "gpu_full": args.gpu_full, "load_before": load_before,
+                   "load_after": round(os.getloadavg()[0], 1), "date": time.strftime("%Y-%m-%d")}
+        results.append(result)
+    path = RESULTS / "tusk_quality.json"
+    previous = [] if args.fresh or not path.is_file() else json.loads(path.read_text()).get("results", [])
+    report = {"benchmark": "tusk_quality", "results": _merge(previous, results)}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "tusk_quality.json").write_text(json.dumps(report, indent=2))
-    _plot(results, RESULTS / "tusk_quality.png")
+    path.write_text(json.dumps(report, indent=2))
+    _plot(report["results"], RESULTS / "tusk_quality.png")
     if not args.no_docs:
         _write_docs(_markdown(report))
     if args.json:

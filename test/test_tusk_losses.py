@@ -162,3 +162,25 @@ def test_empty_slots_do_not_paint():
         dec(kp, scores, desc, (16, 16))["reconstruction"].sum().backward()
         assert desc.grad[0, 0].abs().sum() > 0
         assert desc.grad[0, 1].abs().max() < 1e-3 * desc.grad[0, 0].abs().max()
+
+
+def test_background_image_learns_a_textured_table_a_colour_cannot():
+    """With ``background_px`` the background layer fits a fixed textured scene; one colour cannot."""
+    torch.manual_seed(0)
+    h = w = 24
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    table = torch.stack([(xx // 6 + yy // 6) % 2 * 0.5 + 0.25, xx / w, yy / h]).float()[None]  # 1×3×H×W
+    kp = torch.tensor([[[0.0, 0.0]]])
+    errors = {}
+    for px in (None, 24):
+        dec = RgbaDecoder(descriptor_dim=4, hidden=8, sprite_px=5, outside_logit=-12.0, background=True, background_px=px)
+        desc = F.normalize(torch.randn(1, 1, 4), dim=-1)
+        opt = torch.optim.Adam(dec.parameters(), lr=0.1)
+        for _ in range(150):
+            opt.zero_grad()
+            loss = (dec(kp, torch.full((1, 1), 1e-4), desc, (h, w))["reconstruction"] - table).pow(2).mean()
+            loss.backward()
+            opt.step()
+        errors[px] = loss.item()
+    assert errors[24] < 1e-3
+    assert errors[None] > 20 * errors[24]

@@ -78,6 +78,10 @@ class RgbaDecoder(nn.Module):
     {"reconstruction": B×3×H×W, "alpha": B×K×H×W (sums to 1 over the layers; B×(K+1)×H×W
     with the background layer first when ``background``), "rgb": B×K×3×H×W}.
 
+    ``background``: a layer under the sprites with alpha logit 0, one learned colour,
+    plus, with ``background_px``, a learned background_px² image (for a fixed camera
+    over a textured table).
+
     Each descriptor is decoded by an MLP into an RGBA sprite of ``sprite_px`` ×
     ``sprite_px`` image pixels, which is pasted centred on its keypoint by bilinear
     sampling (sub-pixel, so the keypoint gets a gradient). Outside its sprite a layer
@@ -102,6 +106,7 @@ class RgbaDecoder(nn.Module):
         outside_logit: float = -6.0,
         background: bool = False,
         envelope_px: float | None = None,
+        background_px: int | None = None,
     ) -> None:
         super().__init__()
         if sprite_px < 3 or sprite_px % 2 == 0:
@@ -120,6 +125,20 @@ class RgbaDecoder(nn.Module):
         self.background = bool(background)
         if self.background:
             self.background_rgb = nn.Parameter(torch.zeros(3))
+            if background_px:
+                # A static camera sees the same table in every frame: learn it as an image
+                # (logits added to the colour's, zero at the start, resized to the input).
+                self.background_image = nn.Parameter(torch.zeros(3, int(background_px), int(background_px)))
+
+    def background_logits(self, h: int, w: int) -> Tensor:
+        """3×H×W logits of the background layer's colour (only with ``background``)."""
+        logits = self.background_rgb.view(3, 1, 1)
+        image = getattr(self, "background_image", None)
+        if image is not None:
+            if image.shape[-2:] != (h, w):
+                image = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+            logits = logits + image
+        return logits.expand(3, h, w)
 
     def sprites(self, descriptors: Tensor) -> Tensor:
         """B×K×C descriptors -> B×K×4×S×S sprites: RGB in [0, 1] and the raw alpha logit."""
@@ -147,7 +166,7 @@ class RgbaDecoder(nn.Module):
             logits = logits - offsets_px.pow(2).sum(-1) / (2.0 * self.envelope_px**2)
         if self.background:
             logits = torch.cat([logits.new_zeros(b, 1, h, w), logits], dim=1)
-            bg = torch.sigmoid(self.background_rgb).view(1, 1, 3, 1, 1).expand(b, 1, 3, h, w)
+            bg = torch.sigmoid(self.background_logits(h, w)).view(1, 1, 3, h, w).expand(b, 1, 3, h, w)
             alpha = torch.softmax(logits, dim=1)
             recon = (alpha.unsqueeze(2) * torch.cat([bg, rgb], dim=1)).sum(dim=1)
         else:
