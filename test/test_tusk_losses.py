@@ -184,3 +184,18 @@ def test_background_image_learns_a_textured_table_a_colour_cannot():
         errors[px] = loss.item()
     assert errors[24] < 1e-3
     assert errors[None] > 20 * errors[24]
+
+
+def test_background_starts_at_the_static_scene_of_the_first_batch():
+    """init_background: the median of frames in which a small object moves is the table without it."""
+    torch.manual_seed(0)
+    table = torch.rand(3, 16, 16) * 0.6 + 0.2
+    frames = table.repeat(5, 1, 1, 1)
+    for i in range(5):
+        frames[i, :, 3 * i : 3 * i + 3, 2:5] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
+    dec = RgbaDecoder(descriptor_dim=4, hidden=8, sprite_px=5, background=True, background_px=16)
+    assert not bool(dec.background_ready)
+    dec.init_background(frames)
+    assert bool(dec.background_ready)
+    assert torch.allclose(dec.background_colours(16, 16)[0], table, atol=1e-5)
+    assert "background_ready" in dec.state_dict()

@@ -61,7 +61,37 @@ class SplatDecoder(nn.Module):
         self.unet = UNet(descriptor_dim, width)
         self.out = nn.Conv2d(width, 3, 1)
 
-    def forward(self, keypoints: Tensor, scores: Tensor, descriptors: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:
+    @torch.no_grad()
+    def init_background(self, images: Tensor) -> None:
+        """Start the background at the per-pixel median of B×3×H×W images in [0, 1].
+
+        Objects move and the table does not, so the median of a batch from several
+        episodes is mostly table. Learned from zero at lr 1e-3..3e-3, the background
+        stays grey for hundreds of steps and the keypoints are spent on the table.
+        """
+        median = images.float().median(dim=0).values.clamp(0.02, 0.98)  # 3×H×W
+        image = getattr(self, "background_image", None)
+        if image is None:
+            self.background_rgb.copy_(torch.logit(median.mean(dim=(1, 2))))
+        else:
+            median = F.interpolate(median[None], size=image.shape[-2:], mode="area")[0]
+            self.background_rgb.zero_()
+            image.copy_(torch.logit(median))
+        self.background_ready.fill_(True)
+
+    def background_colours(self, h: int, w: int) -> Tensor:
+        """1×3×H×W colours of the background layer (only with ``background``)."""
+        return torch.sigmoid(self.background_logits(h, w))[None]
+
+    def forward(
+        self,
+        keypoints: Tensor,
+        scores: Tensor,
+        descriptors: Tensor,
+        size: tuple[int, int],
+        background: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """``background``: B×3×H×W colours to use instead of ``background_colours`` (e.g. warped with the image)."""
         h, w = size
         splats = gaussian_splats(keypoints, h, w, self.sigma_px)  # B×K×H×W
         # Peak 1 instead of sum 1 (the reference's near-delta splat has peak ~1): a splat
@@ -129,6 +159,8 @@ class RgbaDecoder(nn.Module):
                 # A static camera sees the same table in every frame: learn it as an image
                 # (logits added to the colour's, zero at the start, resized to the input).
                 self.background_image = nn.Parameter(torch.zeros(3, int(background_px), int(background_px)))
+            # False until ``init_background`` has seen data; in the state dict, so a resumed run keeps its start.
+            self.register_buffer("background_ready", torch.zeros((), dtype=torch.bool))
 
     def background_logits(self, h: int, w: int) -> Tensor:
         """3×H×W logits of the background layer's colour (only with ``background``)."""
@@ -147,7 +179,37 @@ class RgbaDecoder(nn.Module):
         raw = self.mlp(descriptors * self.descriptor_scale).view(b, k, 4, s, s)
         return torch.cat([torch.sigmoid(raw[:, :, :3]), raw[:, :, 3:]], dim=2)
 
-    def forward(self, keypoints: Tensor, scores: Tensor, descriptors: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:
+    @torch.no_grad()
+    def init_background(self, images: Tensor) -> None:
+        """Start the background at the per-pixel median of B×3×H×W images in [0, 1].
+
+        Objects move and the table does not, so the median of a batch from several
+        episodes is mostly table. Learned from zero at lr 1e-3..3e-3, the background
+        stays grey for hundreds of steps and the keypoints are spent on the table.
+        """
+        median = images.float().median(dim=0).values.clamp(0.02, 0.98)  # 3×H×W
+        image = getattr(self, "background_image", None)
+        if image is None:
+            self.background_rgb.copy_(torch.logit(median.mean(dim=(1, 2))))
+        else:
+            median = F.interpolate(median[None], size=image.shape[-2:], mode="area")[0]
+            self.background_rgb.zero_()
+            image.copy_(torch.logit(median))
+        self.background_ready.fill_(True)
+
+    def background_colours(self, h: int, w: int) -> Tensor:
+        """1×3×H×W colours of the background layer (only with ``background``)."""
+        return torch.sigmoid(self.background_logits(h, w))[None]
+
+    def forward(
+        self,
+        keypoints: Tensor,
+        scores: Tensor,
+        descriptors: Tensor,
+        size: tuple[int, int],
+        background: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """``background``: B×3×H×W colours to use instead of ``background_colours`` (e.g. warped with the image)."""
         h, w = size
         b, k, _ = descriptors.shape
         s = self.sprite_px
@@ -166,7 +228,8 @@ class RgbaDecoder(nn.Module):
             logits = logits - offsets_px.pow(2).sum(-1) / (2.0 * self.envelope_px**2)
         if self.background:
             logits = torch.cat([logits.new_zeros(b, 1, h, w), logits], dim=1)
-            bg = torch.sigmoid(self.background_logits(h, w)).view(1, 1, 3, h, w).expand(b, 1, 3, h, w)
+            bg = self.background_colours(h, w) if background is None else background
+            bg = bg.unsqueeze(1).expand(b, 1, 3, h, w)
             alpha = torch.softmax(logits, dim=1)
             recon = (alpha.unsqueeze(2) * torch.cat([bg, rgb], dim=1)).sum(dim=1)
         else:

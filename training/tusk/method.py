@@ -162,10 +162,14 @@ class TuskMethod(TrainingMethod):
             "prototypes": torch.optim.Adam([self.encoder.prototypes], lr=float(self.proto_cfg["lr"]), betas=betas),
         }
 
-    def encode_and_decode(self, images: Tensor) -> dict[str, Tensor]:
-        """Encoder then decoder on B×3×H×W images: the encoder's outputs plus "reconstruction" (and "alpha")."""
+    def encode_and_decode(self, images: Tensor, background: Tensor | None = None) -> dict[str, Tensor]:
+        """Encoder then decoder on B×3×H×W images: the encoder's outputs plus "reconstruction" (and "alpha").
+
+        ``background``: B×3×H×W colours for an RGBA decoder's background layer (default: its own).
+        """
         enc = self.encoder(images)
-        dec = self.decoder(enc["keypoints"], enc["scores"], enc["descriptors"], tuple(images.shape[-2:]))
+        extra = {} if background is None else {"background": background}
+        dec = self.decoder(enc["keypoints"], enc["scores"], enc["descriptors"], tuple(images.shape[-2:]), **extra)
         return {**enc, **dec}
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float], Any]:
@@ -173,7 +177,17 @@ class TuskMethod(TrainingMethod):
         b = images.shape[0]
         warp = random_tps(b, **self.tps_cfg, device=images.device)
         warped = apply_tps(images, warp, padding_mode=self.image_padding)
-        out = self.encode_and_decode(torch.cat([images, warped], dim=0))
+        background = None
+        if getattr(self.decoder, "background", False):
+            if self.training and not bool(self.decoder.background_ready):
+                self.decoder.init_background(images)
+                for tensor in (self.decoder.background_rgb, getattr(self.decoder, "background_image", None)):
+                    if tensor is not None:
+                        broadcast_(tensor.data)  # every rank starts from rank 0's batch
+            # The warped copy shows a warped table: its background layer is warped with it.
+            bg = self.decoder.background_colours(*images.shape[-2:]).expand(b, -1, -1, -1)
+            background = torch.cat([bg, apply_tps(bg, warp, padding_mode=self.image_padding)])
+        out = self.encode_and_decode(torch.cat([images, warped], dim=0), background)
         target = torch.cat([images, warped], dim=0)
         cfg = self.loss_cfg
 
