@@ -86,6 +86,20 @@ def test_finer_levels_are_conditioned_on_the_previous_level_unless_unconditioned
     assert uncond.heads[1].net[0][0].in_channels == 8
 
 
+def test_detached_conditioning_keeps_the_finer_levels_loss_off_the_coarser_head():
+    """With detach_conditioning, level 2's keypoints give level 1's head no gradient; without it they do."""
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 32, 32)
+    grads = {}
+    for detach in (False, True):
+        torch.manual_seed(1)
+        enc = build_encoder("pyramids", {"keypoints_per_level": [3, 6], "detach_conditioning": detach, **TINY})
+        enc(images)["keypoints"][1].sum().backward()
+        grads[detach] = sum(p.grad.abs().sum() for p in enc.heads[0].parameters() if p.grad is not None)
+    assert grads[False] > 0
+    assert grads[True] == 0
+
+
 def test_flat_baselines_use_one_level_on_the_finest_map():
     for kind in ("keynet", "transporter"):
         enc = build_encoder(kind, {"keypoints_per_level": [7], **TINY})

@@ -66,6 +66,8 @@ class PyramidsEncoder(nn.Module):
         finest_stride: image pixels per finest-map pixel (paper: 4, i.e. 32×32 at 128×128).
         sigma: Gaussian width of the conditioning heatmaps, in [-1, 1] units.
         conditioned: False = the paper's "Unconditioned" ablation.
+        detach_conditioning: render the conditioning heatmaps from detached parent keypoints, so
+            the finer level's loss does not move the coarser level (docs/results.md, Pyramids).
         flat: one level on the finest FPN map (KeyNet / Transporter baselines).
     """
 
@@ -79,6 +81,7 @@ class PyramidsEncoder(nn.Module):
         finest_stride: int = 4,
         sigma: float = DEFAULT_SIGMA,
         conditioned: bool = True,
+        detach_conditioning: bool = False,
         flat: bool = False,
     ) -> None:
         super().__init__()
@@ -99,6 +102,7 @@ class PyramidsEncoder(nn.Module):
         self.children_per_parent: tuple[int, ...] = tuple(c // p for p, c in zip(sizes[:-1], sizes[1:], strict=True))
         self.sigma = float(sigma)
         self.conditioned = bool(conditioned)
+        self.detach_conditioning = bool(detach_conditioning)
         self.flat = bool(flat)
         self.fpn = FPN(levels=fpn_levels, channels=fpn_channels, width=width, finest_stride=finest_stride)
         heads = []
@@ -130,7 +134,8 @@ class PyramidsEncoder(nn.Module):
         for level, (head, feat) in enumerate(zip(self.heads, feats, strict=True)):
             x = feat
             if level > 0 and self.conditioned:
-                cond = gaussian_heatmaps(keypoints[-1], feat.shape[-2], feat.shape[-1], self.sigma)
+                parents = keypoints[-1].detach() if self.detach_conditioning else keypoints[-1]
+                cond = gaussian_heatmaps(parents, feat.shape[-2], feat.shape[-1], self.sigma)
                 x = torch.cat([cond, feat], dim=1)
             p = keypoint_distribution(head(x))
             probs.append(p)
