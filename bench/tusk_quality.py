@@ -119,10 +119,10 @@ def run_dataset(name: str, args: argparse.Namespace, work: Path) -> dict:
         t0 = time.perf_counter()
         _cli(*cmd)
         trained += (time.perf_counter() - t0) / 60.0
-        eval_args = ["eval", str(run), "--data", str(test), "--json", str(run / f"eval_{i}.json")]
+        # last.pt: the checkpoint after this chunk (best.pt may be older: chosen by validation loss every val_every steps).
+        eval_args = ["eval", str(run), "--checkpoint", "last", "--data", str(test), "--json", str(run / f"eval_{i}.json")]
         if name == "tabletop":
-            eval_args = ["eval", str(run), "--data", str(test), "--annotations", str(test / "annotations.csv"),
-                         "--json", str(run / f"eval_{i}.json")]
+            eval_args += ["--annotations", str(test / "annotations.csv")]
         _cli(*eval_args)
         metrics = json.loads((run / f"eval_{i}.json").read_text())
         flat = metrics.get("tabletop") or metrics.get(test.name) or {}
