@@ -61,37 +61,7 @@ class SplatDecoder(nn.Module):
         self.unet = UNet(descriptor_dim, width)
         self.out = nn.Conv2d(width, 3, 1)
 
-    @torch.no_grad()
-    def init_background(self, images: Tensor) -> None:
-        """Start the background at the per-pixel median of B×3×H×W images in [0, 1].
-
-        Objects move and the table does not, so the median of a batch from several
-        episodes is mostly table. Learned from zero at lr 1e-3..3e-3, the background
-        stays grey for hundreds of steps and the keypoints are spent on the table.
-        """
-        median = images.float().median(dim=0).values.clamp(0.02, 0.98)  # 3×H×W
-        image = getattr(self, "background_image", None)
-        if image is None:
-            self.background_rgb.copy_(torch.logit(median.mean(dim=(1, 2))))
-        else:
-            median = F.interpolate(median[None], size=image.shape[-2:], mode="area")[0]
-            self.background_rgb.zero_()
-            image.copy_(torch.logit(median))
-        self.background_ready.fill_(True)
-
-    def background_colours(self, h: int, w: int) -> Tensor:
-        """1×3×H×W colours of the background layer (only with ``background``)."""
-        return torch.sigmoid(self.background_logits(h, w))[None]
-
-    def forward(
-        self,
-        keypoints: Tensor,
-        scores: Tensor,
-        descriptors: Tensor,
-        size: tuple[int, int],
-        background: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """``background``: B×3×H×W colours to use instead of ``background_colours`` (e.g. warped with the image)."""
+    def forward(self, keypoints: Tensor, scores: Tensor, descriptors: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:
         h, w = size
         splats = gaussian_splats(keypoints, h, w, self.sigma_px)  # B×K×H×W
         # Peak 1 instead of sum 1 (the reference's near-delta splat has peak ~1): a splat
