@@ -64,10 +64,13 @@ def _build(args: argparse.Namespace):
 
 
 def _autocast(method):
-    """The trainer's autocast for this method's config (bfloat16 on CPU when train.cpu_bf16)."""
+    """The trainer's autocast for this method's config on CPU (bfloat16 when train.cpu_bf16)."""
     import torch
 
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(method.config["train"].get("cpu_bf16")))
+    from training.config import train_settings
+    from training.trainer import training_autocast
+
+    return training_autocast(train_settings(method.config), torch.device("cpu"))
 
 
 def _main_step(method, optimizers, batch) -> dict:

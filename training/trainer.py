@@ -48,6 +48,7 @@ from kp_perception.checkpoint import load_checkpoint, save_checkpoint
 from kp_perception.errors import ConfigError, DataError, KpPerceptionError, ModelLoadError
 from training import distributed as dist
 from training.config import (
+    TrainSettings,
     apply_overrides,
     dump_config,
     incompatible_keys,
@@ -203,6 +204,14 @@ def _float32(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_float32(v) for v in value)
     return value
+
+
+def training_autocast(settings: TrainSettings, device: torch.device) -> torch.autocast:
+    """The autocast of a training step: float16 on CUDA with ``amp``, bfloat16 on CPU with ``cpu_bf16``, else off."""
+    use_amp = settings.amp and device.type == "cuda"
+    use_bf16 = settings.cpu_bf16 and device.type == "cpu"
+    dtype = torch.bfloat16 if use_bf16 else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=use_amp or use_bf16)
 
 
 def _to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
@@ -369,8 +378,6 @@ def _train(
     main_params = [p for g in optimizers["main"].param_groups for p in g["params"]]
     use_amp = settings.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    use_bf16 = settings.cpu_bf16 and device.type == "cpu"
-    autocast_dtype = torch.bfloat16 if use_bf16 else torch.float16
 
     step, best_metric, loss_ema, elapsed_before = 0, math.inf, None, 0.0
     if resume is not None:
@@ -481,7 +488,7 @@ def _train(
             while step < settings.steps:
                 batch = _to_device(next(iterator), device, non_blocking=device.type == "cuda")
                 model.train()
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=use_amp or use_bf16):
+                with training_autocast(settings, device):
                     loss, logs, extra = wrapped(batch)
                 if not torch.isfinite(loss.detach()).all():
                     raise TrainingDivergedError(

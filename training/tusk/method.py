@@ -202,11 +202,11 @@ class TuskMethod(TrainingMethod):
         km = kmeans_loss(out["descriptors"], self.encoder.normalized_prototypes(), cfg["kmeans_sharpness"], weights)
         loss = loss + cfg["kmeans"] * km
         eq = {}
-        for name, key in (("heatmap", "heatmap"), ("features", "features")):
+        for name in ("heatmap", "features"):
             weight = float(cfg[f"equivariance_{name}"])
             # A term with weight 0 is still logged, but without a graph: its backward is not free.
             with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0.0):
-                eq[name] = equivariance_loss(out[key][:b], out[key][b:], warp)
+                eq[name] = equivariance_loss(out[name][:b], out[name][b:], warp)
             if weight != 0.0:
                 loss = loss + weight * eq[name]
         eq_h, eq_f = eq["heatmap"], eq["features"]
