@@ -127,8 +127,11 @@ def run(args: argparse.Namespace) -> dict:
     import torch
     from tqdm import tqdm
 
+    from training.allocator import retain_freed_memory
+
     if args.threads:
         torch.set_num_threads(args.threads)
+    allocator_retains = retain_freed_memory()  # as the trainer does
     method, optimizers = _build(args)
     gen = torch.Generator().manual_seed(args.seed)
     batch = {"image": torch.rand(args.batch, 3, args.image_size, args.image_size, generator=gen)}
@@ -151,6 +154,7 @@ def run(args: argparse.Namespace) -> dict:
         "prototype_steps": args.prototype_steps,
         "torch_threads": torch.get_num_threads(),
         "precision": "bf16" if method.config["train"].get("cpu_bf16") else "fp32",
+        "allocator_retains_freed_memory": allocator_retains,
         "ours_images_per_s": round(ours_ips, 3),
         "reference_schedule_images_per_s": round(ref_ips, 3),
         "ratio_ours_vs_reference_schedule": round(ours_ips / ref_ips, 2),

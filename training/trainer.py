@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from kp_perception.checkpoint import load_checkpoint, save_checkpoint
 from kp_perception.errors import ConfigError, DataError, KpPerceptionError, ModelLoadError
 from training import distributed as dist
+from training.allocator import retain_freed_memory
 from training.config import (
     TrainSettings,
     apply_overrides,
@@ -324,6 +325,7 @@ def train(
     every rank write ``RUN/rank_<r>_params.sha256`` at the end, to check that
     DDP replicas agree.
     """
+    retain_freed_memory()
     dev = resolve_device(device)
     dist.init_process_group(dev.type)
     try:
