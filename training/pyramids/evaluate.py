@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from kp_perception.errors import DataError
+from training.evaluation.landmarks import landmark_rmse
 
 
 def _keypoints_in_frames(checkpoint: dict, data_paths: list[str], keys: set[tuple[str, int]], batch: int = 32):
@@ -56,32 +57,6 @@ def _keypoints_in_frames(checkpoint: dict, data_paths: list[str], keys: set[tupl
                     px = normalized_to_model_pixels(kp, width, height)
                     out[(seq.name, i)] = model_to_frame_pixels(px, (width, height), frame_size)
     return out, encoder
-
-
-def landmark_rmse(
-    features: np.ndarray, targets: np.ndarray, visible: np.ndarray, fit_rows: np.ndarray, test_rows: np.ndarray
-) -> float:
-    """Least-squares regression RMSE in pixels, per landmark, visibility-aware.
-
-    Args:
-        features: F×D (flattened keypoint coordinates per frame).
-        targets: F×P×2 landmark pixels; visible: F×P bool.
-        fit_rows, test_rows: disjoint frame indices.
-    """
-    design = np.concatenate([features, np.ones((len(features), 1))], axis=1)
-    sq_err, count = 0.0, 0
-    for p in range(targets.shape[1]):
-        fit = fit_rows[visible[fit_rows, p]]
-        test = test_rows[visible[test_rows, p]]
-        if len(fit) == 0 or len(test) == 0:
-            continue
-        coef, *_ = np.linalg.lstsq(design[fit], targets[fit, p], rcond=None)
-        err = design[test] @ coef - targets[test, p]
-        sq_err += float((err**2).sum())
-        count += len(test)
-    if count == 0:
-        raise DataError("no visible landmark in both halves of the annotated frames; cannot score")
-    return float(np.sqrt(sq_err / count))
 
 
 def evaluate(

@@ -18,9 +18,10 @@ What is measured depends on the data (several paths may be given; each is report
   keypoint is matched to the nearest visible object point (``<object>/...``
   annotation names) within ``match_radius``; and landmark regression: the
   reference's M×K×2 prototype-slot input (sorted by x inside a slot, zeros
-  where unused) fitted by least squares (with intercept, the Pyramids
-  evaluator's ``landmark_rmse``) on one seeded half of the annotated frames and
-  scored on the other, RMSE in original-frame pixels.
+  where unused) fitted by ridge regression (strength by cross-validation inside
+  the fit half; ``training.evaluation.landmarks`` says why not plain least
+  squares) on one seeded half of the annotated frames and scored on the other,
+  RMSE in original-frame pixels, with the intercept-only RMSE beside it.
 
 Coordinates are compared in the stored images' pixels (the objects.csv frame).
 """
@@ -37,6 +38,7 @@ from kp_perception.preprocessing import model_to_frame_pixels, normalized_to_mod
 from training.evaluation.ari import foreground_ari
 from training.evaluation.attributes import attribute_accuracy, match_points
 from training.evaluation.detection import detection_metrics
+from training.evaluation.landmarks import landmark_rmse
 from training.evaluation.purity import inverse_purity, purity
 from training.tusk.method import TuskMethod, image_size_of
 
@@ -218,7 +220,7 @@ def evaluate_tabletop(
     landmarks = _landmark_regression(np.stack(slot_features), np.stack(slot_targets), seed) if frames >= 4 else None
     return {
         "frames": frames,
-        "landmark_rmse_px": landmarks,
+        **(landmarks or {"landmark_rmse_px": None, "landmark_rmse_intercept_only_px": None}),
         "detections_matched": len(protos),
         "purity": purity(protos, identities),
         "inverse_purity": inverse_purity(protos, identities),
@@ -242,15 +244,23 @@ def prototype_slots(xy: np.ndarray, prototypes: np.ndarray, num_prototypes: int)
     return slots.reshape(-1)
 
 
-def _landmark_regression(features: np.ndarray, targets: np.ndarray, seed: int) -> float | None:
-    """RMSE (px) of a least-squares map from prototype slots to annotated points, fit/score on seeded halves."""
-    from training.pyramids.evaluate import landmark_rmse
+# Ridge strengths for the sparse prototype-slot input (training.evaluation.landmarks).
+LANDMARK_RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
 
+
+def _landmark_regression(features: np.ndarray, targets: np.ndarray, seed: int) -> dict[str, float] | None:
+    """RMSE (px) from prototype slots to annotated points (CV ridge), and the intercept-only RMSE beside it."""
     visible = ~np.isnan(targets[..., 0]) & (np.nan_to_num(targets[..., 2]) > 0)
     order = np.random.default_rng(seed).permutation(len(features))
     half = len(order) // 2
+    xy = np.nan_to_num(targets[..., :2])
     try:
-        return landmark_rmse(features, np.nan_to_num(targets[..., :2]), visible, order[:half], order[half:])
+        return {
+            "landmark_rmse_px": landmark_rmse(features, xy, visible, order[:half], order[half:], LANDMARK_RIDGE_ALPHAS),
+            "landmark_rmse_intercept_only_px": landmark_rmse(
+                features[:, :0], xy, visible, order[:half], order[half:]
+            ),
+        }
     except DataError:
         return None
 
