@@ -11,6 +11,11 @@ What is measured depends on the data (several paths may be given; each is report
     matched to objects (Hungarian on centre distance, within ``match_radius`` of
     the image size), each prototype takes the value it best represents;
   * prototype purity against object identity (shape + colour);
+  * ``descriptor_probe``: the same attributes read from the matched descriptors
+    without the learned prototypes (a nearest-centroid probe, and k-means
+    centres in their place; ``training/evaluation/descriptor_probe.py``), to
+    tell an encoder that has not learned an attribute from prototypes that
+    have not caught up with it;
   * when every shape is a digit (MNIST-hard): localisation / precision with a
     20×20 box at IoU >= 0.5, and classification by Hungarian prototype -> digit.
 - Bags/videos/folders with ``--annotations`` (``sim tabletop``): purity of the
@@ -37,6 +42,7 @@ from kp_perception.errors import DataError, ModelLoadError
 from kp_perception.preprocessing import model_to_frame_pixels, normalized_to_model_pixels
 from training.evaluation.ari import foreground_ari
 from training.evaluation.attributes import attribute_accuracy, match_points
+from training.evaluation.descriptor_probe import kmeans_attribute_accuracy, nearest_centroid_accuracy
 from training.evaluation.detection import detection_metrics
 from training.evaluation.landmarks import landmark_rmse
 from training.evaluation.purity import inverse_purity, purity
@@ -83,6 +89,7 @@ def predict(method: TuskMethod, images: torch.Tensor, use_decoder: bool) -> dict
         "xy": xy,
         "scores": out["scores"].cpu().numpy(),
         "prototypes": out["prototype_ids"].cpu().numpy(),
+        "descriptors": out["descriptors"].cpu().numpy(),
         "masks": masks.cpu().numpy(),
     }
 
@@ -107,6 +114,7 @@ def evaluate_multi_object(
     n = len(model_ds) if max_images is None else min(len(model_ds), int(max_images))
     aris: list[float] = []
     obj_protos: list[int | None] = []
+    matched_desc: list[np.ndarray] = []  # descriptor of each matched object, for the probe
     shapes: list[str] = []
     colours: list[str] = []
     det_items: list[dict] = []
@@ -134,6 +142,8 @@ def evaluate_multi_object(
             )
             for t, o in enumerate(objs):
                 obj_protos.append(int(pred["prototypes"][j][pairs[t]]) if t in pairs else None)
+                if t in pairs:
+                    matched_desc.append(pred["descriptors"][j][pairs[t]])
                 shapes.append(str(o.shape))
                 colours.append(str(o.color))
                 digits = digits and str(o.shape).isdigit()
@@ -160,9 +170,39 @@ def evaluate_multi_object(
         "prototypes_used": len({p for p, _ in matched}),
         "score_threshold": score_threshold,
     }
+    if matched_desc:
+        result["descriptor_probe"] = descriptor_probe(
+            np.stack(matched_desc),
+            [s for p, s in zip(obj_protos, shapes, strict=True) if p is not None],
+            [c for p, c in zip(obj_protos, colours, strict=True) if p is not None],
+            method.encoder.num_prototypes,
+        )
     if digits and shapes:
         result["detection"] = detection_metrics(det_items, score_threshold=score_threshold)
     return result
+
+
+def descriptor_probe(descriptors: np.ndarray, shapes: list[str], colours: list[str], num_prototypes: int) -> dict:
+    """Matched objects' descriptors without the learned prototypes (training/evaluation/descriptor_probe.py).
+
+    ``shape_given_colour``: the shape probe inside each colour, weighted by count;
+    colour dominates squared distances, so a global probe can miss shape that is there.
+    """
+    shapes_a, colours_a = np.asarray(shapes), np.asarray(colours)
+    within, count = 0.0, 0
+    for c in sorted(set(colours)):
+        sel = colours_a == c
+        acc = nearest_centroid_accuracy(descriptors[sel], shapes_a[sel])
+        if not np.isnan(acc):
+            n_test = int(sel.sum()) // 2
+            within, count = within + acc * n_test, count + n_test
+    return {
+        "shape": nearest_centroid_accuracy(descriptors, shapes_a),
+        "colour": nearest_centroid_accuracy(descriptors, colours_a),
+        "shape_given_colour": within / count if count else float("nan"),
+        "kmeans_prototypes_shape": kmeans_attribute_accuracy(descriptors, shapes_a, num_prototypes),
+        "kmeans_prototypes_colour": kmeans_attribute_accuracy(descriptors, colours_a, num_prototypes),
+    }
 
 
 def evaluate_tabletop(
