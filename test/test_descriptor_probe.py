@@ -21,14 +21,14 @@ def _clustered(n_per=40, classes=6, dim=16, spread=0.05, seed=0):
 def test_clustered_attributes_are_found_by_both_probes():
     x, labels = _clustered()
     assert nearest_centroid_accuracy(x, labels) > 0.97
-    assert kmeans_attribute_accuracy(x, labels, k=12) > 0.9
+    assert kmeans_attribute_accuracy(x, {"a": labels}, k=12)["a"] > 0.9
 
 
 def test_unrelated_labels_stay_near_chance():
     x, _ = _clustered(seed=1)
     labels = np.random.default_rng(2).integers(0, 6, len(x))
     assert nearest_centroid_accuracy(x, labels) < 0.35  # chance 1/6
-    assert kmeans_attribute_accuracy(x, labels, k=12) < 0.35
+    assert kmeans_attribute_accuracy(x, {"a": labels}, k=12)["a"] < 0.35
 
 
 def test_spherical_kmeans_centres_are_unit_and_at_most_n():

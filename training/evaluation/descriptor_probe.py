@@ -62,15 +62,49 @@ def spherical_kmeans(x: np.ndarray, k: int, iterations: int = 30, seed: int = 0)
     return c
 
 
-def kmeans_attribute_accuracy(descriptors: np.ndarray, labels: Sequence, k: int, seed: int = 0) -> float:
-    """Held-out majority-vote accuracy of k k-means centres fitted on the first half (NaN if a half is empty)."""
-    labels = np.asarray(labels)
-    fit, test = _halves(len(labels))
+def kmeans_attribute_accuracy(
+    descriptors: np.ndarray, labels: dict[str, Sequence], k: int, seed: int = 0
+) -> dict[str, float]:
+    """Held-out majority-vote accuracy, per attribute, of k k-means centres fitted once on the first half.
+
+    ``labels``: attribute name -> N values. NaN where a half is empty.
+    """
+    n = len(descriptors)
+    fit, test = _halves(n)
     if len(fit) == 0 or len(test) == 0:
-        return float("nan")
+        return {name: float("nan") for name in labels}
     centres = spherical_kmeans(descriptors[fit], k, seed=seed)
-    votes: dict[int, Counter] = {}
-    for m, v in zip(_nearest(descriptors[fit], centres), labels[fit], strict=True):
-        votes.setdefault(int(m), Counter())[v] += 1
-    names = {m: c.most_common(1)[0][0] for m, c in votes.items()}
-    return float(np.mean([names.get(int(m)) == v for m, v in zip(_nearest(descriptors[test], centres), labels[test], strict=True)]))
+    fit_ids, test_ids = _nearest(descriptors[fit], centres), _nearest(descriptors[test], centres)
+    out = {}
+    for name, values in labels.items():
+        values = np.asarray(values)
+        votes: dict[int, Counter] = {}
+        for m, v in zip(fit_ids, values[fit], strict=True):
+            votes.setdefault(int(m), Counter())[v] += 1
+        named = {m: c.most_common(1)[0][0] for m, c in votes.items()}
+        out[name] = float(np.mean([named.get(int(m)) == v for m, v in zip(test_ids, values[test], strict=True)]))
+    return out
+
+
+def shape_colour_probe(descriptors: np.ndarray, shapes: Sequence, colours: Sequence, k: int) -> dict[str, float]:
+    """The TUSK eval's ``descriptor_probe``: global and within-colour shape probes, colour probe, k-means centres.
+
+    ``shape_given_colour``: the shape probe inside each colour, weighted by its test
+    count; colour dominates squared distances, so a global probe can miss shape that is there.
+    """
+    shapes_a, colours_a = np.asarray(shapes), np.asarray(colours)
+    within, count = 0.0, 0
+    for c in sorted(set(colours_a.tolist())):
+        sel = colours_a == c
+        acc = nearest_centroid_accuracy(descriptors[sel], shapes_a[sel])
+        if not np.isnan(acc):
+            n_test = int(sel.sum()) // 2
+            within, count = within + acc * n_test, count + n_test
+    kmeans = kmeans_attribute_accuracy(descriptors, {"shape": shapes_a, "colour": colours_a}, k)
+    return {
+        "shape": nearest_centroid_accuracy(descriptors, shapes_a),
+        "colour": nearest_centroid_accuracy(descriptors, colours_a),
+        "shape_given_colour": within / count if count else float("nan"),
+        "kmeans_prototypes_shape": kmeans["shape"],
+        "kmeans_prototypes_colour": kmeans["colour"],
+    }

@@ -42,7 +42,7 @@ from kp_perception.errors import DataError, ModelLoadError
 from kp_perception.preprocessing import model_to_frame_pixels, normalized_to_model_pixels
 from training.evaluation.ari import foreground_ari
 from training.evaluation.attributes import attribute_accuracy, match_points
-from training.evaluation.descriptor_probe import kmeans_attribute_accuracy, nearest_centroid_accuracy
+from training.evaluation.descriptor_probe import shape_colour_probe
 from training.evaluation.detection import detection_metrics
 from training.evaluation.landmarks import landmark_rmse
 from training.evaluation.purity import inverse_purity, purity
@@ -171,7 +171,7 @@ def evaluate_multi_object(
         "score_threshold": score_threshold,
     }
     if matched_desc:
-        result["descriptor_probe"] = descriptor_probe(
+        result["descriptor_probe"] = shape_colour_probe(
             np.stack(matched_desc),
             [s for p, s in zip(obj_protos, shapes, strict=True) if p is not None],
             [c for p, c in zip(obj_protos, colours, strict=True) if p is not None],
@@ -180,29 +180,6 @@ def evaluate_multi_object(
     if digits and shapes:
         result["detection"] = detection_metrics(det_items, score_threshold=score_threshold)
     return result
-
-
-def descriptor_probe(descriptors: np.ndarray, shapes: list[str], colours: list[str], num_prototypes: int) -> dict:
-    """Matched objects' descriptors without the learned prototypes (training/evaluation/descriptor_probe.py).
-
-    ``shape_given_colour``: the shape probe inside each colour, weighted by count;
-    colour dominates squared distances, so a global probe can miss shape that is there.
-    """
-    shapes_a, colours_a = np.asarray(shapes), np.asarray(colours)
-    within, count = 0.0, 0
-    for c in sorted(set(colours)):
-        sel = colours_a == c
-        acc = nearest_centroid_accuracy(descriptors[sel], shapes_a[sel])
-        if not np.isnan(acc):
-            n_test = int(sel.sum()) // 2
-            within, count = within + acc * n_test, count + n_test
-    return {
-        "shape": nearest_centroid_accuracy(descriptors, shapes_a),
-        "colour": nearest_centroid_accuracy(descriptors, colours_a),
-        "shape_given_colour": within / count if count else float("nan"),
-        "kmeans_prototypes_shape": kmeans_attribute_accuracy(descriptors, shapes_a, num_prototypes),
-        "kmeans_prototypes_colour": kmeans_attribute_accuracy(descriptors, colours_a, num_prototypes),
-    }
 
 
 def evaluate_tabletop(
