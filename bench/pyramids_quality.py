@@ -13,7 +13,11 @@ both on the mean over seeds.
 
 Default (CPU): 64×64 images, 40 train + 20 test episodes of 30 frames, the CPU model
 preset documented in config/training/pyramids.yaml, lr 1e-3 for every method, 600 steps,
-3 seeds, one torch thread per run. ``--paper``: 128×128, 450 episodes (360 train, 90 test),
+3 seeds, one torch thread per run. Every method's FPN keeps the paper's map sizes
+(finest 32×32, so level 1 of the pyramid is 16×16) whatever the image size:
+``model.finest_stride`` = size / 32, i.e. 2 at 64 px, the YAML's 4 at 128 px
+(``--set model.finest_stride=4`` gives the coarser 8×8 / 16×16 maps at 64 px).
+``--paper``: 128×128, 450 episodes (360 train, 90 test),
 the paper's model sizes and Adam 1e-4, on a GPU (set --steps to what the GPU budget allows).
 The wall-clock time actually used is part of the JSON.
 """
@@ -57,6 +61,22 @@ METHODS: dict[str, tuple[str, list[int]]] = {
     "transporter20": ("transporter", [20]),
     "transporter30": ("transporter", [30]),
 }
+
+
+PAPER_FINEST_MAP = 32  # the paper's finest FPN map (and the baselines' keypoint map), 32×32
+
+
+def paper_finest_stride(size: int) -> int:
+    """The largest power-of-two stride whose finest map is at least the paper's 32 cells (1 for small images).
+
+    At 64 px the CPU preset's default stride 4 gives 8×8 and 16×16 maps; on 8×8 the σ = 0.1
+    heatmaps are narrower than a cell (0.35 cells), and Keypoint Pyramids' level 1 lost most of
+    its transport signal there (docs/results.md).
+    """
+    stride = 1
+    while size // (stride * 2) >= PAPER_FINEST_MAP:
+        stride *= 2
+    return stride
 
 
 def preset_for(kind: str) -> list[str]:
@@ -189,7 +209,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _simulate(test_dir, test_episodes, args.frames, size, 100_000, env, log)
     sim_seconds = time.monotonic() - started
 
-    common = [f"data.image_size={size}", f"optim.lr={lr}", f"train.batch_size={args.batch_size}",
+    finest_stride = paper_finest_stride(size)
+    common = [f"data.image_size={size}", f"model.finest_stride={finest_stride}", f"optim.lr={lr}",
+              f"train.batch_size={args.batch_size}",
               "train.num_workers=0", f"train.checkpoint_every={max(steps, 1)}", f"train.image_every={max(steps, 1)}"]
     presets = {} if args.paper else {kind: preset_for(kind) for kind, _ in METHODS.values()}
     runs: list[dict[str, Any]] = []
@@ -229,6 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "setting": {"size": size, "train_episodes": episodes, "test_episodes": test_episodes, "frames": args.frames,
                     "steps": steps, "batch_size": args.batch_size, "lr": lr, "seeds": args.seeds,
                     "paper": bool(args.paper), "cpu_preset": None if args.paper else CPU_PRESET,
+                    "finest_stride": finest_stride,
                     "threads": args.threads, "extra_overrides": args.set},
         "table_rmse_px": table,
         "runs": runs,
