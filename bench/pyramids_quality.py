@@ -210,6 +210,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sim_seconds = time.monotonic() - started
 
     finest_stride = paper_finest_stride(size)
+    for item in args.set:  # an explicit --set model.finest_stride=... wins, and the JSON says so
+        if item.startswith("model.finest_stride="):
+            finest_stride = int(item.split("=", 1)[1])
     common = [f"data.image_size={size}", f"model.finest_stride={finest_stride}", f"optim.lr={lr}",
               f"train.batch_size={args.batch_size}",
               "train.num_workers=0", f"train.checkpoint_every={max(steps, 1)}", f"train.image_every={max(steps, 1)}"]
@@ -282,6 +285,15 @@ def _fmt(cell: dict | None) -> str:
     return "—" if cell is None else f"{cell['mean']:.2f} ± {cell['std']:.2f}"
 
 
+def _maps(setting: dict) -> str:
+    """', FPN maps 16×16 and 32×32' for the two-level FPN of a setting (results before the key existed: '')."""
+    stride = setting.get("finest_stride")
+    if not stride:
+        return ""
+    fine = setting["size"] // stride
+    return f", FPN maps {fine // 2}×{fine // 2} and {fine}×{fine}"
+
+
 def _markdown(result: dict) -> str:
     s = result["setting"]
     t = result["table_rmse_px"]
@@ -289,7 +301,8 @@ def _markdown(result: dict) -> str:
         f"Landmark regression RMSE (pixels of {s['size']}×{s['size']} simulated tabletop frames; lower is better), "
         f"mean ± std over {s['seeds']} seeds. {s['train_episodes']} train / {s['test_episodes']} test episodes of "
         f"{s['frames']} frames, {s['steps']} steps, batch {s['batch_size']}, Adam {s['lr']:g}"
-        + (", CPU model preset" if s["cpu_preset"] else ", paper model") + ". Same data, steps and seeds for every method.",
+        + (", CPU model preset" if s["cpu_preset"] else ", paper model") + _maps(s)
+        + ". Same data, steps and seeds for every method.",
         "",
         "| method | level 1 | level 2 | flattened |",
         "|---|---|---|---|",
