@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
-    from bench.pyramids_quality import preset_for
+    from bench.pyramids_quality import paper_finest_stride, preset_for
     from training.config import load_config
     from training.methods import resolve_method
     from training.trainer import SeededItems, ShardedStream
@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("KP_PERCEPTION_CACHE", str(Path(args.work) / "cache"))
-    overrides = [f"data.image_size={args.size}", f"train.batch_size={args.batch_size}"]
+    overrides = [f"data.image_size={args.size}", f"train.batch_size={args.batch_size}",
+                 f"model.finest_stride={paper_finest_stride(args.size)}"]  # the quality benchmark's step
     if not args.paper_model:
         overrides += preset_for(args.kind)
     config = load_config(args.kind, overrides)
