@@ -35,12 +35,14 @@ from typing import Any
 
 import numpy as np
 
+from bench._doc_block import write_block
 from kp_perception.errors import KpPerceptionError
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "results.md"
 SECTION = "## Keypoint Pyramids"
+BEGIN, END = "<!-- Pyramids table: begin (bench/pyramids_quality.py) -->", "<!-- Pyramids table: end -->"
 
 # The CPU preset (documented in config/training/pyramids.yaml); --paper leaves the YAML sizes.
 CPU_PRESET = [
@@ -333,17 +335,9 @@ def _markdown(result: dict) -> str:
 
 
 def _update_doc(markdown: str) -> None:
-    """Replace (or append) the '## Keypoint Pyramids' section of docs/results.md, leaving the rest alone."""
-    text = DOC.read_text() if DOC.is_file() else "# Results\n"
-    body = f"{SECTION}\n\nWritten by `kp-perception bench pyramids_quality` (bench/pyramids_quality.py).\n\n{markdown}"
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + body
-    else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[nxt + 1 :] if nxt >= 0 else "")
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
+    """Replace the generated table between the markers in docs/results.md; the prose around it stays."""
+    heading = "" if DOC.is_file() and BEGIN in DOC.read_text() else f"{SECTION}\n\n"
+    write_block(DOC, BEGIN, END, f"{BEGIN}\n{heading}{markdown.rstrip()}\n{END}\n")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench._doc_block import write_block
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "results.md"
@@ -202,18 +204,6 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_docs(text: str) -> None:
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    old = DOC.read_text() if DOC.is_file() else "# Results\n\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        new = head + text + tail
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    DOC.write_text(new)
-
-
 def _command() -> str:
     if sys.argv[0].endswith("tusk_quality.py"):
         return "python -m bench.tusk_quality " + " ".join(sys.argv[1:])
@@ -244,7 +234,7 @@ def run(args: argparse.Namespace) -> dict:
     path.write_text(json.dumps(report, indent=2))
     _plot(report["results"], RESULTS / "tusk_quality.png")
     if not args.no_docs:
-        _write_docs(_markdown(report))
+        write_block(DOC, BEGIN, END, _markdown(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return report
