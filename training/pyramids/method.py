@@ -166,7 +166,7 @@ class PyramidsMethod(KeypointMethodBase):
         self.reconstruction_weight = float(loss.get("reconstruction", 1.0))
         self.spring_weight = float(loss.get("spring", 1.0))
         self.stop_gradient_ref = bool(loss.get("stop_gradient_ref", True))
-        channels = [int(c) for c in dec.get("transport_channels", [32, 16])]
+        channels = [int(c) for c in dec.get("transport_channels", [64, 32])]
         if len(channels) != n_levels:
             raise ConfigError(f"decoder.transport_channels has {len(channels)} values for {n_levels} levels")
         fpn = self.encoder.fpn
