@@ -72,8 +72,8 @@ def paper_finest_stride(size: int) -> int:
     """The largest power-of-two stride whose finest map is at least the paper's 32 cells (1 for small images).
 
     At 64 px the CPU preset's default stride 4 gives 8×8 and 16×16 maps; on 8×8 the σ = 0.1
-    heatmaps are narrower than a cell (0.35 cells), and Keypoint Pyramids' level 1 lost most of
-    its transport signal there (docs/results.md).
+    heatmaps are narrower than a cell (0.35 cells), and Keypoint Pyramids scored far worse there
+    against Transporter than on the paper's maps (docs/results.md, side by side).
     """
     stride = 1
     while size // (stride * 2) >= PAPER_FINEST_MAP:
