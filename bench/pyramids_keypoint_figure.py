@@ -20,7 +20,8 @@ TITLES = {"pyramids": "Keypoint Pyramids (10+20)", "transporter30": "Transporter
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "build" / "bench_pyramids" / "runs")
-    parser.add_argument("--suffix", default="s0_64px_600st_def2a", help="run directory name after '<method>_'")
+    parser.add_argument("--suffix", default="s0_64px_600st",
+                        help="run directory name after '<method>_' (default: seed 0 of an untagged default bench run)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "pyramids_vs_flat_keypoints.png")
 
 
