@@ -12,7 +12,7 @@ Reports the median seconds per epoch of each, their ratio (the speed-up),
 the one-off cache build and the cache lookup (fingerprint + open) time. The
 cached reads hit the OS page cache after the first epoch, as they do in training.
 
-    python -m bench.frame_cache [--frames 300 --width 640 --height 480 --size 128 --encoding jpeg]
+    python -m kp_perception_bench.frame_cache [--frames 300 --width 640 --height 480 --size 128 --encoding jpeg]
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> dict:
 
     from kp_perception.preprocessing import resize_rgb
     from kp_perception.sequences import open_sequences
-    from training.data.bag_writer import write_image_bag
-    from training.data.frame_cache import FrameCache
+    from kp_perception_training.data.bag_writer import write_image_bag
+    from kp_perception_training.data.frame_cache import FrameCache
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.frame_cache", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kp_perception_bench.frame_cache", description=__doc__.split("\n")[0])
     add_arguments(parser)
     print(json.dumps(run(parser.parse_args(argv)), indent=2))
 

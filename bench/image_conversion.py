@@ -9,7 +9,7 @@ in µs per conversion. ``copy`` is a plain copy of the rgb8 buffer, the floor
 any conversion that returns a fresh array pays; ``ratio_to_copy`` relates
 each case to it, which travels between machines better than µs.
 
-    python -m bench.image_conversion [--width 640 --height 480 --repeats 200]
+    python -m kp_perception_bench.image_conversion [--width 640 --height 480 --repeats 200]
     kp-perception bench image_conversion
 """
 
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.image_conversion", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kp_perception_bench.image_conversion", description=__doc__.split("\n")[0])
     add_arguments(parser)
     print(json.dumps(run(parser.parse_args(argv)), indent=2))
 

@@ -18,7 +18,7 @@ Each thread count is measured separately (default 1 and all cores): on a
 shared, oversubscribed CPU torch's OpenMP threads degrade far more than
 onnxruntime's, so the single-thread ratio is the fairer one there.
 
-    python -m bench.latency [--kinds pyramids tusk --iters 200 --threads 1 2]
+    python -m kp_perception_bench.latency [--kinds pyramids tusk --iters 200 --threads 1 2]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _model_config(kind: str, name: str) -> tuple[dict[str, Any], str]:
     from kp_perception.errors import KpPerceptionError
 
     try:
-        from training.config import load_config
+        from kp_perception_training.config import load_config
 
         return dict(load_config(name)["model"]), name
     except (KpPerceptionError, FileNotFoundError, KeyError, ImportError):
@@ -86,7 +86,7 @@ def _export(kind: str, model_config: dict[str, Any], size: int, out_dir: Path, s
 
     from kp_perception.checkpoint import save_checkpoint
     from kp_perception.models import build_encoder
-    from training.export import export_checkpoint
+    from kp_perception_training.export import export_checkpoint
 
     torch.manual_seed(seed)
     encoder = build_encoder(kind, model_config)

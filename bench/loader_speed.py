@@ -1,6 +1,6 @@
 """Is the data pipeline the bottleneck? A training step fed by the real loader vs the same step on preloaded tensors.
 
-The real loader is the trainer's: ``training.trainer.ShardedStream`` batches over
+The real loader is the trainer's: ``kp_perception_training.trainer.ShardedStream`` batches over
 ``SeededItems(FramePairDataset)`` on the on-disk frame cache, in a DataLoader with
 ``--workers`` processes. The preloaded side cycles batches already in memory. Both
 run the same Keypoint Pyramids step (forward, backward, Adam), alternating in
@@ -50,10 +50,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
-    from bench.pyramids_quality import paper_finest_stride, preset_for
-    from training.config import load_config
-    from training.methods import resolve_method
-    from training.trainer import SeededItems, ShardedStream
+    from kp_perception_bench.pyramids_quality import paper_finest_stride, preset_for
+    from kp_perception_training.config import load_config
+    from kp_perception_training.methods import resolve_method
+    from kp_perception_training.trainer import SeededItems, ShardedStream
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

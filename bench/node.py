@@ -186,7 +186,7 @@ def _measure(peer: _Receiver, what: str, model: Path, rate: float, seconds: floa
         env.update(cfg.env)
         topic = f"/{NAMESPACE}/keypoints"
     else:
-        cmd = [sys.executable, "-m", "bench.node", "--role", "passthrough"]
+        cmd = [sys.executable, "-m", "kp_perception_bench.node", "--role", "passthrough"]
         topic = PASS_TOPIC
     peer.listen(topic, what)
     log = tempfile.TemporaryFile(mode="w+")  # a pipe nobody reads could fill up during a soak
@@ -196,7 +196,7 @@ def _measure(peer: _Receiver, what: str, model: Path, rate: float, seconds: floa
         _wait(lambda: peer.node.count_subscribers(IMAGE_TOPIC) > 0 and peer.publishers(topic) > 0, 60,
               f"{what} to come up", sut, log)
         publisher = subprocess.Popen(
-            [sys.executable, "-m", "bench.node", "--role", "publisher", "--rate", str(rate),
+            [sys.executable, "-m", "kp_perception_bench.node", "--role", "publisher", "--rate", str(rate),
              "--seconds", str(seconds + warmup + 60.0)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
@@ -375,10 +375,10 @@ def _build_model(out_dir: Path, image_size: int, architecture: str) -> Path:
     """Initial-weights Keypoint Pyramids (10 + 20 keypoints) exported to ONNX at image_size."""
     import torch
 
-    from bench.pyramids_quality import CPU_PRESET
     from kp_perception.checkpoint import save_checkpoint
     from kp_perception.models import build_encoder
-    from training.export import export_checkpoint
+    from kp_perception_bench.pyramids_quality import CPU_PRESET
+    from kp_perception_training.export import export_checkpoint
 
     model_cfg: dict = {}
     if architecture == "cpu":
@@ -431,7 +431,7 @@ def _wait(condition, timeout: float, what: str, proc: subprocess.Popen, log) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.node", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m kp_perception_bench.node", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         run_dir = args.runs / f"{method}_{args.suffix}"
         grids = sorted((run_dir / "images" / "keypoints").glob("*.png"))
         if not grids:
-            raise KpPerceptionError(f"no keypoint image in {run_dir}; run bench.pyramids_quality first")
+            raise KpPerceptionError(f"no keypoint image in {run_dir}; run kp_perception_bench.pyramids_quality first")
         rows.append((title, grids[-1]))
     fig, axes = plt.subplots(len(rows), 1, figsize=(8, 2.3 * len(rows)), squeeze=False)
     for ax, (title, path) in zip(axes[:, 0], rows, strict=True):

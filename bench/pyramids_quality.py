@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from bench._doc_block import write_block
 from kp_perception.errors import KpPerceptionError
+from kp_perception_bench._doc_block import write_block
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -83,7 +83,7 @@ def paper_finest_stride(size: int) -> int:
 
 def preset_for(kind: str) -> list[str]:
     """The CPU preset restricted to the keys the kind's config has (KeyNet has no feature encoder, ...)."""
-    from training.config import load_config
+    from kp_perception_training.config import load_config
 
     config = load_config(kind)
     out = []

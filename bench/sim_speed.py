@@ -7,7 +7,7 @@ and reports the median frames per second of each and their ratio (the
 parallel speed-up; at most 2 on two cores). It also times, in this process,
 one episode's per-frame cost split into physics step, rendering and annotation.
 
-    python -m bench.sim_speed [--episodes 4 --frames 20 --size 128 --repeats 1]
+    python -m kp_perception_bench.sim_speed [--episodes 4 --frames 20 --size 128 --repeats 1]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _per_frame_breakdown(config, frames: int) -> dict:
     """Mean ms per frame of physics (one frame = 1/fps s of simulation), render and annotation."""
-    from training.sim.tabletop import TabletopScene
+    from kp_perception_training.sim.tabletop import TabletopScene
 
     t0 = time.perf_counter()
     scene = TabletopScene(config, 0)
@@ -66,7 +66,7 @@ def _cpu_seconds() -> float:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from training.sim.tabletop import TabletopConfig, generate_tabletop
+    from kp_perception_training.sim.tabletop import TabletopConfig, generate_tabletop
 
     config = TabletopConfig(frames=args.frames, size=args.size, seed=args.seed)
     total_frames = args.episodes * args.frames
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.sim_speed", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kp_perception_bench.sim_speed", description=__doc__.split("\n")[0])
     add_arguments(parser)
     print(json.dumps(run(parser.parse_args(argv)), indent=2))
 

@@ -17,9 +17,9 @@ the CPU the run actually got, so the load average before and after is
 recorded. ``--gpu-full`` switches to the paper's setting (112 px Tetrominoes,
 batch 38; 80 px MNIST-hard, batch 120; on CUDA; long budget).
 
-    python -m bench.tusk_quality --max-minutes 25 --evals 5
-    python -m bench.tusk_quality --datasets tetrominoes --max-minutes 25   # the ARI goal
-    python -m bench.tusk_quality --gpu-full --max-minutes 600
+    python -m kp_perception_bench.tusk_quality --max-minutes 25 --evals 5
+    python -m kp_perception_bench.tusk_quality --datasets tetrominoes --max-minutes 25   # the ARI goal
+    python -m kp_perception_bench.tusk_quality --gpu-full --max-minutes 600
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench._doc_block import write_block
+from kp_perception_bench._doc_block import write_block
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -206,7 +206,7 @@ def _markdown(report: dict) -> str:
 
 def _command() -> str:
     if sys.argv[0].endswith("tusk_quality.py"):
-        return "python -m bench.tusk_quality " + " ".join(sys.argv[1:])
+        return "python -m kp_perception_bench.tusk_quality " + " ".join(sys.argv[1:])
     return "kp-perception bench tusk_quality " + " ".join(sys.argv[3:])
 
 
@@ -241,7 +241,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.tusk_quality", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m kp_perception_bench.tusk_quality", description=__doc__.splitlines()[0])
     add_arguments(parser)
     print(json.dumps(run(parser.parse_args(argv)), indent=2))
 

@@ -18,7 +18,7 @@ our images/s against the official code's anchor measured on this machine
 (0.6 images/s at 112 px, batch 8). Timings on a shared CPU are noisy: the
 ratio is measured side by side, the absolute figures are not.
 
-    python -m bench.tusk_throughput [--image-size 112 --batch 8 --steps 3 --repeats 2]
+    python -m kp_perception_bench.tusk_throughput [--image-size 112 --batch 8 --steps 3 --repeats 2]
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _build(args: argparse.Namespace):
     import torch
 
-    from training.config import load_config
-    from training.tusk.method import TuskMethod
+    from kp_perception_training.config import load_config
+    from kp_perception_training.tusk.method import TuskMethod
 
     overrides = [f"data.image_size={args.image_size}", f"prototypes.steps={args.prototype_steps}"]
     if args.precision != "preset":
@@ -67,8 +67,8 @@ def _autocast(method):
     """The trainer's autocast for this method's config on CPU (bfloat16 when train.cpu_bf16)."""
     import torch
 
-    from training.config import train_settings
-    from training.trainer import training_autocast
+    from kp_perception_training.config import train_settings
+    from kp_perception_training.trainer import training_autocast
 
     return training_autocast(train_settings(method.config), torch.device("cpu"))
 
@@ -93,8 +93,8 @@ def reference_step(method, optimizers, batch, prototype_steps: int) -> None:
     """Main step, then prototype steps that each re-run the encoder with gradients (the reference's waste)."""
     import torch
 
-    from training.tusk.losses import sliced_wasserstein_loss
-    from training.tusk.tps import apply_tps, random_tps
+    from kp_perception_training.tusk.losses import sliced_wasserstein_loss
+    from kp_perception_training.tusk.tps import apply_tps, random_tps
 
     _main_step(method, optimizers, batch)
     images = batch["image"]
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> dict:
     import torch
     from tqdm import tqdm
 
-    from training.allocator import retain_freed_memory
+    from kp_perception_training.allocator import retain_freed_memory
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.tusk_throughput", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m kp_perception_bench.tusk_throughput", description=__doc__.splitlines()[0])
     add_arguments(parser)
     print(json.dumps(run(parser.parse_args(argv)), indent=2))
 

@@ -1,4 +1,4 @@
-"""Test helpers that write real data sources: rosbag2 bags (via training.data.bag_writer), videos, image folders.
+"""Test helpers that write real data sources: rosbag2 bags (via kp_perception_training.data.bag_writer), videos, image folders.
 
 Frames are smooth gradients with a moving square, so lossy codecs (JPEG,
 MJPG) stay close to the original and every frame differs from its neighbours.
@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.data.bag_writer import BagWriter, write_image_bag
+from kp_perception_training.data.bag_writer import BagWriter, write_image_bag
 
 
 def smooth_frames(n: int, height: int = 24, width: int = 32, seed: int = 0) -> list[np.ndarray]:

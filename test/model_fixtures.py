@@ -45,7 +45,7 @@ _EXPORTED: dict[tuple[str, int], Path] = {}
 
 def make_model(kind: str, out_dir: Path, image_size: int = 64) -> Path:
     """Initial-weights ``kind`` model exported to ``out_dir/<kind>.onnx`` (+ ``<kind>.json`` sidecar, ``<kind>.pt``)."""
-    from training.export import export_checkpoint
+    from kp_perception_training.export import export_checkpoint
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

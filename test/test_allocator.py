@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 # glibc's 32 MiB dynamic mmap ceiling, like a 112 px U-Net's full-resolution maps).
 _PROBE = """
 import resource, sys, torch
-from training.allocator import retain_freed_memory
+from kp_perception_training.allocator import retain_freed_memory
 applied = retain_freed_memory() if sys.argv[1] == "retain" else False
 w = torch.randn(1, 64, 1, 1, requires_grad=True)
 faults = []

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench._doc_block import write_block
+from kp_perception_bench._doc_block import write_block
 
 BEGIN, END = "<!-- t: begin -->", "<!-- t: end -->"
 

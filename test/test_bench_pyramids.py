@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from bench.pyramids_quality import PAPER_FINEST_MAP, paper_finest_stride
 from kp_perception.models import build_encoder
+from kp_perception_bench.pyramids_quality import PAPER_FINEST_MAP, paper_finest_stride
 
 
 @pytest.mark.parametrize("size", [64, 128])

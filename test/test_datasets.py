@@ -10,11 +10,11 @@ from torch.utils.data import DataLoader
 
 from kp_perception.errors import ConfigError, DataError
 from kp_perception.preprocessing import resize_rgb
+from kp_perception_training.data.datasets import FrameDataset, FramePairDataset, load_cached_sequences
+from kp_perception_training.data.multi_object import MultiObjectDataset, read_objects_csv
+from kp_perception_training.data.pair_sampler import PairSampler
+from kp_perception_training.data.splits import split_sequences
 from test.fixtures_bags import smooth_frames, write_bag, write_image_folder
-from training.data.datasets import FrameDataset, FramePairDataset, load_cached_sequences
-from training.data.multi_object import MultiObjectDataset, read_objects_csv
-from training.data.pair_sampler import PairSampler
-from training.data.splits import split_sequences
 
 pytestmark = pytest.mark.timeout(60)
 

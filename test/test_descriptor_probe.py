@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from training.evaluation.descriptor_probe import (
+from kp_perception_training.evaluation.descriptor_probe import (
     kmeans_attribute_accuracy,
     nearest_centroid_accuracy,
     spherical_kmeans,

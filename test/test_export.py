@@ -11,8 +11,7 @@ import pytest
 
 from kp_perception.checkpoint import load_checkpoint
 from kp_perception.sidecar import config_sha256, read_sidecar, sidecar_path
-from test.model_fixtures import make_checkpoint, make_model
-from training.export import (
+from kp_perception_training.export import (
     ALLOWED_TENSOR_TYPES,
     TENSORRT10_OPS,
     ExportError,
@@ -20,6 +19,7 @@ from training.export import (
     graph_ops,
     resolve_checkpoint,
 )
+from test.model_fixtures import make_checkpoint, make_model
 
 pytestmark = pytest.mark.timeout(240)
 

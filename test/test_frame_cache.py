@@ -13,8 +13,8 @@ import pytest
 from kp_perception.errors import DataError
 from kp_perception.preprocessing import resize_rgb
 from kp_perception.sequences import open_sequences
+from kp_perception_training.data.frame_cache import FrameCache, build_frame_cache, default_cache_dir
 from test.fixtures_bags import smooth_frames, write_bag, write_image_folder
-from training.data.frame_cache import FrameCache, build_frame_cache, default_cache_dir
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -122,7 +122,7 @@ def test_cache_dir_defaults_to_the_environment_variable(tmp_path, monkeypatch):
 _BUILD_IN_CHILD = """
 import sys, numpy as np
 from kp_perception.sequences import open_sequences
-from training.data.frame_cache import build_frame_cache
+from kp_perception_training.data.frame_cache import build_frame_cache
 (seq,) = open_sequences([sys.argv[1]])
 frames = build_frame_cache(seq, 16, 16, sys.argv[2], progress=False)
 print(int(np.asarray(frames, dtype=np.int64).sum()))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kp_perception.errors import DataError
-from training.evaluation.landmarks import landmark_rmse
+from kp_perception_training.evaluation.landmarks import landmark_rmse
 
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kp_perception.errors import ConfigError
-from training.data.pair_sampler import PairSampler
+from kp_perception_training.data.pair_sampler import PairSampler
 
 pytestmark = pytest.mark.timeout(30)
 

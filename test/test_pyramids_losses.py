@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from training.pyramids.decoders import sequential_transport, transport_features
-from training.pyramids.losses import reconstruction_loss, spring_loss, transport_loss
+from kp_perception_training.pyramids.decoders import sequential_transport, transport_features
+from kp_perception_training.pyramids.losses import reconstruction_loss, spring_loss, transport_loss
 
 
 def test_reconstruction_loss_is_per_image_squared_error_averaged_over_batch():

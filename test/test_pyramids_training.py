@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.pyramids.baselines import KeyNetMethod, TransporterMethod
-from training.pyramids.evaluate import evaluate
-from training.pyramids.method import PyramidsMethod
+from kp_perception_training.pyramids.baselines import KeyNetMethod, TransporterMethod
+from kp_perception_training.pyramids.evaluate import evaluate
+from kp_perception_training.pyramids.method import PyramidsMethod
 
 SIZE = 32
 SQUARE = 6

@@ -255,7 +255,7 @@ def test_a_bare_path_is_one_path(tmp_path):
 
 @pytest.mark.parametrize("storage", STORAGES)
 def test_image_topic_without_messages_is_a_clear_error(tmp_path, storage):
-    from training.data.bag_writer import BagWriter
+    from kp_perception_training.data.bag_writer import BagWriter
 
     with BagWriter(tmp_path / "silent", storage) as bag:
         bag.declare_topic("/camera/image_raw", "sensor_msgs/msg/Image")

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from training.sim.mnist_hard import generate_mnist_hard, load_mnist
-from training.sim.tetrominoes import COLOURS, SHAPES, generate_tetrominoes
+from kp_perception_training.sim.mnist_hard import generate_mnist_hard, load_mnist
+from kp_perception_training.sim.tetrominoes import COLOURS, SHAPES, generate_tetrominoes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,7 +24,7 @@ def _read(folder: Path, stem: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _objects(folder: Path) -> dict[str, list]:
     """objects.csv read with the training-side reader, grouped by image stem."""
-    from training.data.multi_object import read_objects_csv
+    from kp_perception_training.data.multi_object import read_objects_csv
 
     grouped: dict[str, list] = {}
     for rec in read_objects_csv(folder / "objects.csv"):
@@ -134,7 +134,7 @@ def test_mnist_hard_digits_are_real_mnist_digits_with_their_labels(mnist):
 
 
 def test_multi_object_folders_load_in_the_training_dataset(tetrominoes, mnist):
-    from training.data.multi_object import MultiObjectDataset
+    from kp_perception_training.data.multi_object import MultiObjectDataset
 
     for folder, count, objects in ((tetrominoes, 60, 3), (mnist, 6, 9)):
         dataset = MultiObjectDataset(folder)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from kp_perception.sequences import open_sequences
-from training.sim.annotations import Annotation, read_annotations, write_annotations
-from training.sim.tabletop import (
+from kp_perception_training.sim.annotations import Annotation, read_annotations, write_annotations
+from kp_perception_training.sim.tabletop import (
     CAMERA_INFO_TOPIC,
     IMAGE_TOPIC,
     TabletopConfig,
@@ -192,7 +192,7 @@ def test_pushed_object_centre_follows_its_colour_blob(sim_out, frames):
 
 def test_gripper_moves_at_most_5cm_per_frame_in_the_workspace_and_pushes_objects():
     """B&O motion: ≤ 5 cm between frames inside 50×50 cm, at table height, displacing objects."""
-    from training.sim.tabletop import MAX_STEP, WORKSPACE_CENTRE, WORKSPACE_HALF
+    from kp_perception_training.sim.tabletop import MAX_STEP, WORKSPACE_CENTRE, WORKSPACE_HALF
 
     displaced = 0
     for episode in range(2):

@@ -172,8 +172,8 @@ def test_tensorrt_backend_without_tensorrt_or_gpu_is_a_clear_load_error(tmp_path
 
 @pytest.mark.skipif(GPU_REASON is None, reason="tensorrt and a GPU are present; this checks their absence")
 def test_export_engine_without_tensorrt_fails_before_exporting(tmp_path):
+    from kp_perception_training.export import ExportError, export_checkpoint
     from test.model_fixtures import make_checkpoint
-    from training.export import ExportError, export_checkpoint
 
     checkpoint = make_checkpoint("pyramids", tmp_path)
     with pytest.raises(ExportError, match="--engine .*tensorrt backend needs"):

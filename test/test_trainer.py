@@ -24,10 +24,10 @@ from torch.utils.data import Dataset
 
 from kp_perception.checkpoint import load_checkpoint, save_checkpoint
 from kp_perception.errors import ConfigError, DataError, ModelLoadError
-from training.config import apply_overrides, load_config, train_settings, with_defaults
-from training.distributed import all_reduce_grads
-from training.methods import TrainingMethod, resolve_method
-from training.trainer import ShardedStream, parameter_hash, resolve_run_config, train
+from kp_perception_training.config import apply_overrides, load_config, train_settings, with_defaults
+from kp_perception_training.distributed import all_reduce_grads
+from kp_perception_training.methods import TrainingMethod, resolve_method
+from kp_perception_training.trainer import ShardedStream, parameter_hash, resolve_run_config, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = "test.test_trainer:TinyMethod"
@@ -268,7 +268,7 @@ import sys, json, os
 from pathlib import Path
 sys.path.insert(0, {repo!r})
 from test.test_trainer import tiny_config
-from training.trainer import train
+from kp_perception_training.trainer import train
 config = tiny_config(**json.loads(sys.argv[2]))
 summary = json.dumps(train("keynet", config, ["unused"], sys.argv[1], method="test.test_trainer:TinyMethod",
                            device="cpu", progress=False, write_rank_hashes=True))

@@ -5,16 +5,16 @@ import torch
 import torch.nn.functional as F
 
 from kp_perception.errors import ConfigError
-from training.tusk.decoders import RgbaDecoder, SplatDecoder
-from training.tusk.losses import (
+from kp_perception_training.tusk.decoders import RgbaDecoder, SplatDecoder
+from kp_perception_training.tusk.losses import (
     VGGPerceptual,
     equivariance_loss,
     kmeans_loss,
     reconstruction_loss,
     sliced_wasserstein_loss,
 )
-from training.tusk.prototype_restart import reseed_unused_prototypes
-from training.tusk.tps import apply_tps, identity_tps, random_tps
+from kp_perception_training.tusk.prototype_restart import reseed_unused_prototypes
+from kp_perception_training.tusk.tps import apply_tps, identity_tps, random_tps
 
 
 def test_equivariance_loss_is_zero_for_an_equivariant_map_and_not_otherwise():

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from training.evaluation.ari import adjusted_rand_index, foreground_ari
-from training.evaluation.attributes import attribute_accuracy, match_points
-from training.evaluation.detection import box_iou_centred, detection_metrics
-from training.evaluation.purity import inverse_purity, purity
+from kp_perception_training.evaluation.ari import adjusted_rand_index, foreground_ari
+from kp_perception_training.evaluation.attributes import attribute_accuracy, match_points
+from kp_perception_training.evaluation.detection import box_iou_centred, detection_metrics
+from kp_perception_training.evaluation.purity import inverse_purity, purity
 
 HAND_CASES = [
     ([0, 0, 1, 1], [0, 0, 1, 1]),

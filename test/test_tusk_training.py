@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.evaluation.attributes import match_points
-from training.evaluation.purity import purity
-from training.tusk.method import TuskMethod
+from kp_perception_training.evaluation.attributes import match_points
+from kp_perception_training.evaluation.purity import purity
+from kp_perception_training.tusk.method import TuskMethod
 
 SIZE = 24
 COLOURS = np.array([[1.0, 0.2, 0.2], [0.2, 0.4, 1.0]], dtype=np.float32)

@@ -26,8 +26,9 @@ from typing import Any
 import yaml
 
 from kp_perception.errors import ConfigError
+from kp_perception.resources import share_path
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config" / "training"
+CONFIG_DIR = share_path("config", "training")
 
 # Default config file for each kind when --config is not given.
 DEFAULT_CONFIGS = {

@@ -1,6 +1,6 @@
 """What a training method is, and which methods and evaluators exist.
 
-The one trainer (``training.trainer``) runs any ``TrainingMethod``: Keypoint
+The one trainer (``kp_perception_training.trainer``) runs any ``TrainingMethod``: Keypoint
 Pyramids, the flat KeyNet/Transporter baselines and TUSK. A method owns its
 robot-side ``encoder`` (saved as ``checkpoint["encoder"]`` and exported), its
 training-only parts (decoders, ...), its datasets and its optimisers; the
@@ -28,20 +28,20 @@ from kp_perception.errors import ConfigError
 
 # kind -> "module:class" of its TrainingMethod.
 METHODS: dict[str, str] = {
-    "pyramids": "training.pyramids.method:PyramidsMethod",
-    "keynet": "training.pyramids.baselines:KeyNetMethod",
-    "transporter": "training.pyramids.baselines:TransporterMethod",
-    "tusk": "training.tusk.method:TuskMethod",
+    "pyramids": "kp_perception_training.pyramids.method:PyramidsMethod",
+    "keynet": "kp_perception_training.pyramids.baselines:KeyNetMethod",
+    "transporter": "kp_perception_training.pyramids.baselines:TransporterMethod",
+    "tusk": "kp_perception_training.tusk.method:TuskMethod",
 }
 
 # kind -> "module:function" with signature
 # evaluate(checkpoint: dict, data_paths: list[str], annotations: str | None,
 #          out_dir: Path | None, seed: int = 0) -> dict   (JSON-able metrics; may write a plot into out_dir)
 EVALUATORS: dict[str, str] = {
-    "pyramids": "training.pyramids.evaluate:evaluate",
-    "keynet": "training.pyramids.evaluate:evaluate",
-    "transporter": "training.pyramids.evaluate:evaluate",
-    "tusk": "training.tusk.evaluate:evaluate",
+    "pyramids": "kp_perception_training.pyramids.evaluate:evaluate",
+    "keynet": "kp_perception_training.pyramids.evaluate:evaluate",
+    "transporter": "kp_perception_training.pyramids.evaluate:evaluate",
+    "tusk": "kp_perception_training.tusk.evaluate:evaluate",
 }
 
 
@@ -96,7 +96,7 @@ class TrainingMethod(nn.Module):
         """Run extra optimisation after the main step (TUSK's prototype steps on detached outputs).
 
         Parameters stepped here are outside DDP's gradient sync: under torchrun
-        call ``training.distributed.all_reduce_grads(params)`` before stepping.
+        call ``kp_perception_training.distributed.all_reduce_grads(params)`` before stepping.
         """
         return {}
 

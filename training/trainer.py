@@ -1,7 +1,7 @@
 """The one training loop: resume, TensorBoard, DDP under torchrun, mixed precision, time budget.
 
 Every method (Keypoint Pyramids, KeyNet, Transporter, TUSK) is trained here;
-see ``training.methods.TrainingMethod`` for what a method provides.
+see ``kp_perception_training.methods.TrainingMethod`` for what a method provides.
 
 Run directory ``RUN/``:
     config.yaml   the resolved config
@@ -46,9 +46,9 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from kp_perception.checkpoint import load_checkpoint, save_checkpoint
 from kp_perception.errors import ConfigError, DataError, KpPerceptionError, ModelLoadError
-from training import distributed as dist
-from training.allocator import retain_freed_memory
-from training.config import (
+from kp_perception_training import distributed as dist
+from kp_perception_training.allocator import retain_freed_memory
+from kp_perception_training.config import (
     TrainSettings,
     apply_overrides,
     dump_config,
@@ -57,7 +57,7 @@ from training.config import (
     train_settings,
     with_defaults,
 )
-from training.methods import TrainingMethod, resolve_method
+from kp_perception_training.methods import TrainingMethod, resolve_method
 
 
 class TrainingDivergedError(KpPerceptionError):
@@ -439,7 +439,7 @@ def _train(
         dump_config(config, out / "config.yaml")
         from torch.utils.tensorboard import SummaryWriter
 
-        from training.tensorboard_images import ExampleImageWriter
+        from kp_perception_training.tensorboard_images import ExampleImageWriter
 
         writer = SummaryWriter(str(out / "tb"), purge_step=step if resume is not None else None)
         image_writer = ExampleImageWriter(writer, out / "images")

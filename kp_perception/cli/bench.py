@@ -20,7 +20,7 @@ from kp_perception.errors import KpPerceptionError
 
 def available() -> list[str]:
     try:
-        import bench
+        import kp_perception_bench as bench
     except ImportError:
         return []
     return sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     names = available()
     if args.name not in names:
         raise KpPerceptionError(f"unknown benchmark {args.name!r}; available: {', '.join(names)}")
-    module = importlib.import_module(f"bench.{args.name}")
+    module = importlib.import_module(f"kp_perception_bench.{args.name}")
     parser = argparse.ArgumentParser(prog=f"kp-perception bench {args.name}", description=module.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)

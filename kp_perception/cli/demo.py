@@ -2,7 +2,7 @@
 
 What it does, in order (each step is the real thing, not a mock):
 
-1. simulates one short tabletop episode (``training.sim.tabletop``, pybullet)
+1. simulates one short tabletop episode (``kp_perception_training.sim.tabletop``, pybullet)
    into ``OUT/recording/`` (rosbag2 + ground-truth ``annotations.csv``);
 2. starts the real ``pyramids_node`` / ``tusk_node`` as a subprocess with the
    shipped model (``models/<kind>.onnx``), with the same parameter file and
@@ -45,7 +45,8 @@ from typing import Any
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from kp_perception.resources import share_path
+
 IMAGE_TOPIC = "/camera/image_raw"
 MSG_TYPES = {
     "pyramids": "kp_perception_msgs/msg/KeypointPyramid",
@@ -96,7 +97,7 @@ class Received:
 
 def default_model(kind: str) -> Path:
     """``models/<kind>.onnx`` of this checkout (what ``make models`` writes and git ships)."""
-    return REPO_ROOT / "models" / f"{kind}.onnx"
+    return share_path("models", f"{kind}.onnx")
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> tuple[list[np.ndarray], Path]:
     from kp_perception.sequences import open_sequences
-    from training.sim.tabletop import TabletopConfig, generate_tabletop
+    from kp_perception_training.sim.tabletop import TabletopConfig, generate_tabletop
 
     recording = args.out / "recording"
     print(f"demo: simulating {args.frames} frames of {args.size}x{args.size} tabletop (seed {args.seed})", flush=True)
@@ -310,7 +311,7 @@ def kp_typestore():
 
     candidates = [Path(p) / "share" / "kp_perception_msgs" / "msg"
                   for p in [sys.prefix, *os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)] if p]
-    candidates.append(REPO_ROOT / "kp_perception_msgs" / "msg")
+    candidates.append(share_path("kp_perception_msgs", "msg"))
     msg_dir = next((d for d in candidates if any(d.glob("*.msg"))), None)
     if msg_dir is None:
         raise KpPerceptionError("kp_perception_msgs/msg/*.msg not found (run `make setup`)")
@@ -387,7 +388,7 @@ def keypoint_displacement(prev, curr, kind: str) -> float:
 
 def ground_truth_motion(annotations_csv: Path, frames: int) -> np.ndarray:
     """Mean pixel motion of the simulator's visible ground-truth points from frame i-1 to i (index 0 = NaN)."""
-    from training.sim.annotations import group_by_frame, read_annotations
+    from kp_perception_training.sim.annotations import group_by_frame, read_annotations
 
     grouped = group_by_frame(read_annotations(annotations_csv))
     motion = np.full(frames, np.nan)

@@ -1,6 +1,6 @@
 """``kp-perception eval RUN --data PATH...``: metrics of a trained model, as JSON.
 
-Dispatches on the checkpoint's kind to ``training.methods.EVALUATORS``
+Dispatches on the checkpoint's kind to ``kp_perception_training.methods.EVALUATORS``
 (landmark regression RMSE for pyramids/keynet/transporter; ARI, attribute,
 detection/classification accuracy and optional landmarks for TUSK). torch and
 ``training`` are imported inside :func:`run` only.
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{args.annotations}: annotations file not found")
     ckpt = load_checkpoint(path)
 
-    from training.methods import resolve_evaluator
+    from kp_perception_training.methods import resolve_evaluator
 
     evaluate = resolve_evaluator(ckpt["kind"])
     out_dir = args.json.parent if args.json is not None else (path.parent / "eval")

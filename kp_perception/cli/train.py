@@ -1,6 +1,6 @@
 """``kp-perception train {pyramids,tusk,keynet,transporter}``: train a model into a run directory.
 
-The loop is ``training.trainer.train`` (imported inside :func:`run`, so
+The loop is ``kp_perception_training.trainer.train`` (imported inside :func:`run`, so
 ``kp-perception --help`` imports no torch). Running the same command on the
 same ``--out`` again resumes from ``RUN/last.pt``; under ``torchrun`` every
 rank runs this command and rank 0 writes the run directory.
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
 
-    from training.trainer import resolve_run_config, summary_line, train
+    from kp_perception_training.trainer import resolve_run_config, summary_line, train
 
     config = resolve_run_config(args.kind, args.out, args.config, overrides)
     summary = train(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kp_perception.errors import ConfigError
+from kp_perception.resources import share_directory
 
 NODES = {"pyramids": "pyramids_node", "tusk": "tusk_node"}
 DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
@@ -66,7 +67,7 @@ def parse_bool(text: str | bool, name: str) -> bool:
 def default_params_file(node: str, share_dir: str | Path | None = None) -> str:
     """``config/<node>.yaml`` from the installed package share, else from the source tree."""
     if share_dir is None:
-        share_dir = Path(__file__).resolve().parents[2]
+        share_dir = share_directory()
     return str(Path(share_dir) / "config" / f"{node}.yaml")
 
 

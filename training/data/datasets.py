@@ -37,8 +37,8 @@ from torch.utils.data import Dataset
 
 from kp_perception.errors import DataError
 from kp_perception.sequences import Sequence, open_sequences
-from training.data.frame_cache import build_frame_cache
-from training.data.pair_sampler import PairSampler
+from kp_perception_training.data.frame_cache import build_frame_cache
+from kp_perception_training.data.pair_sampler import PairSampler
 
 
 def parse_size(size: int | SequenceABC[int]) -> tuple[int, int]:

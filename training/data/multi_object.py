@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from kp_perception.errors import DataError
 from kp_perception.preprocessing import resize_rgb
-from training.data.datasets import parse_size, to_tensor
+from kp_perception_training.data.datasets import parse_size, to_tensor
 
 OBJECTS_HEADER = ("image", "instance", "shape", "color", "x", "y")
 

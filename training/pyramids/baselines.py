@@ -16,15 +16,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from training.pyramids.decoders import (
+from kp_perception_training.pyramids.decoders import (
     AppearanceEncoder,
     FeatureEncoder,
     ImageDecoder,
     resize_maps,
     sequential_transport,
 )
-from training.pyramids.losses import reconstruction_loss
-from training.pyramids.method import KeypointMethodBase
+from kp_perception_training.pyramids.losses import reconstruction_loss
+from kp_perception_training.pyramids.method import KeypointMethodBase
 
 
 class KeyNetMethod(KeypointMethodBase):

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from kp_perception.errors import DataError
-from training.evaluation.landmarks import landmark_rmse
+from kp_perception_training.evaluation.landmarks import landmark_rmse
 
 
 def _keypoints_in_frames(checkpoint: dict, data_paths: list[str], keys: set[tuple[str, int]], batch: int = 32):
@@ -32,8 +32,8 @@ def _keypoints_in_frames(checkpoint: dict, data_paths: list[str], keys: set[tupl
 
     from kp_perception.models import build_encoder
     from kp_perception.preprocessing import model_to_frame_pixels, normalized_to_model_pixels
-    from training.data.datasets import load_cached_sequences, to_tensor
-    from training.pyramids.method import image_size_wh
+    from kp_perception_training.data.datasets import load_cached_sequences, to_tensor
+    from kp_perception_training.pyramids.method import image_size_wh
 
     config = checkpoint["config"]
     width, height = image_size_wh(config.get("data", {}))
@@ -63,7 +63,7 @@ def evaluate(
     checkpoint: dict, data_paths: list[str], annotations: str | None, out_dir: Path | None, seed: int = 0
 ) -> dict[str, Any]:
     """Landmark regression RMSE per level and flattened (JSON-able); writes ``landmarks.png`` into out_dir."""
-    from training.sim.annotations import read_annotations
+    from kp_perception_training.sim.annotations import read_annotations
 
     if annotations is None:
         raise DataError("landmark evaluation needs --annotations CSV (sequence,frame,name,x,y[,visible])")

@@ -31,15 +31,15 @@ from torch.utils.data import Dataset
 from kp_perception.errors import ConfigError
 from kp_perception.models import build_encoder
 from kp_perception.models.keypoint_ops import collapse_heatmaps, gaussian_heatmaps
-from training.methods import TrainingMethod
-from training.pyramids.decoders import (
+from kp_perception_training.methods import TrainingMethod
+from kp_perception_training.pyramids.decoders import (
     AppearanceEncoder,
     FeatureEncoder,
     ImageDecoder,
     resize_maps,
     transport_features,
 )
-from training.pyramids.losses import reconstruction_loss, spring_loss, transport_loss
+from kp_perception_training.pyramids.losses import reconstruction_loss, spring_loss, transport_loss
 
 ABLATIONS = ("no_reconstruction", "no_transport", "no_spring", "all_transport", "all_reconstruction")
 
@@ -56,8 +56,8 @@ def image_size_wh(data_config: dict) -> tuple[int, int]:
 
 def build_pair_datasets(config: dict, data_paths: list[str]) -> tuple[Dataset, Dataset | None]:
     """(x, x_ref) pair datasets over the frame cache, split by sequence (train, val)."""
-    from training.data.datasets import FramePairDataset, load_cached_sequences
-    from training.data.splits import split_sequences
+    from kp_perception_training.data.datasets import FramePairDataset, load_cached_sequences
+    from kp_perception_training.data.splits import split_sequences
 
     data = config.get("data", {})
     seed = int(config.get("train", {}).get("seed", 0))

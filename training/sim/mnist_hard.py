@@ -16,7 +16,7 @@ MNIST digits at random places on a black canvas. Choices made here:
 - objects.csv: ``shape`` = the digit's label ("0".."9"), ``color`` = "white",
   ``x``, ``y`` = the centroid of the digit's mask pixels.
 
-Same folder format as the tetrominoes (training.sim.tetrominoes.write_multi_object).
+Same folder format as the tetrominoes (kp_perception_training.sim.tetrominoes.write_multi_object).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from kp_perception.errors import DataError, KpPerceptionError
-from training.sim.tetrominoes import write_multi_object
+from kp_perception_training.sim.tetrominoes import write_multi_object
 
 DEFAULT_SIZE = 80
 DEFAULT_DIGITS = 9

@@ -29,7 +29,7 @@ Output of :func:`generate_tabletop` in ``OUT/``:
   ``/camera/image_raw`` (sensor_msgs/msg/Image, rgb8) and ``/camera/camera_info``
   (the pinhole intrinsics equivalent to pybullet's projection), stamped at
   ``fps`` Hz. The sequence name is the directory stem, as the dataset reader sees it.
-- ``annotations.csv`` (training.sim.annotations): per frame, the arm's joint
+- ``annotations.csv`` (kp_perception_training.sim.annotations): per frame, the arm's joint
   points (``arm/<link>``), the ``gripper`` point, each object's ``<obj>/centre``
   (its bounding-box centre) and three ``<obj>/surface_<i>`` points found by
   casting rays onto the object's top at load time, stored in the object frame
@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from kp_perception.errors import DataError, KpPerceptionError
-from training.sim.annotations import Annotation, write_annotations
+from kp_perception_training.sim.annotations import Annotation, write_annotations
 
 IMAGE_TOPIC = "/camera/image_raw"
 CAMERA_INFO_TOPIC = "/camera/camera_info"
@@ -497,7 +497,7 @@ def write_episode(
 
     ``progress``, when given, gets ``put(1)`` after each frame (a queue in workers).
     """
-    from training.data.bag_writer import BagWriter
+    from kp_perception_training.data.bag_writer import BagWriter
 
     name = episode_name(episode)
     annotations: list[Annotation] = []

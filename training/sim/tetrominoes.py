@@ -68,7 +68,7 @@ def _fixed_tetrominoes() -> dict[str, np.ndarray]:
 
 
 SHAPES: dict[str, np.ndarray] = _fixed_tetrominoes()
-# The same header training.data.multi_object reads (kept here so generating needs no torch).
+# The same header kp_perception_training.data.multi_object reads (kept here so generating needs no torch).
 OBJECTS_HEADER = ("image", "instance", "shape", "color", "x", "y")
 
 

@@ -24,7 +24,7 @@ What is measured depends on the data (several paths may be given; each is report
   annotation names) within ``match_radius``; and landmark regression: the
   reference's M×K×2 prototype-slot input (sorted by x inside a slot, zeros
   where unused) fitted by ridge regression (strength by cross-validation inside
-  the fit half; ``training.evaluation.landmarks`` says why not plain least
+  the fit half; ``kp_perception_training.evaluation.landmarks`` says why not plain least
   squares) on one seeded half of the annotated frames and scored on the other,
   RMSE in original-frame pixels, with the intercept-only RMSE beside it.
 
@@ -40,13 +40,13 @@ import torch
 
 from kp_perception.errors import DataError, ModelLoadError
 from kp_perception.preprocessing import model_to_frame_pixels, normalized_to_model_pixels
-from training.evaluation.ari import foreground_ari
-from training.evaluation.attributes import attribute_accuracy, match_points
-from training.evaluation.descriptor_probe import shape_colour_probe
-from training.evaluation.detection import detection_metrics
-from training.evaluation.landmarks import landmark_rmse
-from training.evaluation.purity import inverse_purity, purity
-from training.tusk.method import TuskMethod, image_size_of
+from kp_perception_training.evaluation.ari import foreground_ari
+from kp_perception_training.evaluation.attributes import attribute_accuracy, match_points
+from kp_perception_training.evaluation.descriptor_probe import shape_colour_probe
+from kp_perception_training.evaluation.detection import detection_metrics
+from kp_perception_training.evaluation.landmarks import landmark_rmse
+from kp_perception_training.evaluation.purity import inverse_purity, purity
+from kp_perception_training.tusk.method import TuskMethod, image_size_of
 
 
 def load_method(checkpoint: dict) -> tuple[TuskMethod, bool]:
@@ -79,7 +79,7 @@ def predict(method: TuskMethod, images: torch.Tensor, use_decoder: bool) -> dict
         dec = method.decoder(kp, out["scores"], out["descriptors"], (h, w))
         masks = dec["alpha"].argmax(1)  # the layer that owns each pixel
     else:  # nearest keypoint (a Voronoi split): what is left without the decoder
-        from training.tusk.decoders import pixel_grid
+        from kp_perception_training.tusk.decoders import pixel_grid
 
         grid = pixel_grid(h, w, kp.device, kp.dtype)
         d = (grid[None, None] - kp[:, :, None, None, :]).pow(2).sum(-1)
@@ -106,7 +106,7 @@ def evaluate_multi_object(
     """Metrics on one multi-object folder (see module docstring)."""
     from tqdm import tqdm
 
-    from training.data.multi_object import MultiObjectDataset
+    from kp_perception_training.data.multi_object import MultiObjectDataset
 
     width, height = image_size_of(method.config)
     model_ds = MultiObjectDataset(folder, size=(width, height))
@@ -195,7 +195,7 @@ def evaluate_tabletop(
 
     from kp_perception.preprocessing import resize_rgb
     from kp_perception.sequences import open_sequences
-    from training.sim.annotations import read_annotations
+    from kp_perception_training.sim.annotations import read_annotations
 
     width, height = image_size_of(method.config)
     points: dict[tuple[str, int], list[tuple[str, float, float]]] = {}
@@ -261,7 +261,7 @@ def prototype_slots(xy: np.ndarray, prototypes: np.ndarray, num_prototypes: int)
     return slots.reshape(-1)
 
 
-# Ridge strengths for the sparse prototype-slot input (training.evaluation.landmarks).
+# Ridge strengths for the sparse prototype-slot input (kp_perception_training.evaluation.landmarks).
 LANDMARK_RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
 
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from kp_perception.errors import ConfigError
 from kp_perception.models.tusk_encoder import prototype_distances
-from training.tusk.tps import TpsWarp, apply_tps
+from kp_perception_training.tusk.tps import TpsWarp, apply_tps
 
 
 def reconstruction_loss(reconstruction: Tensor, target: Tensor) -> Tensor:

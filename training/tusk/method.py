@@ -29,10 +29,10 @@ from torch.utils.data import Dataset, Subset
 from kp_perception.errors import ConfigError, DataError
 from kp_perception.models import build_encoder
 from kp_perception.models.tusk_encoder import prototype_distances
-from training.distributed import all_reduce_grads, all_reduce_sum, any_rank, broadcast_
-from training.methods import TrainingMethod
-from training.tusk.decoders import build_decoder
-from training.tusk.losses import (
+from kp_perception_training.distributed import all_reduce_grads, all_reduce_sum, any_rank, broadcast_
+from kp_perception_training.methods import TrainingMethod
+from kp_perception_training.tusk.decoders import build_decoder
+from kp_perception_training.tusk.losses import (
     VGGPerceptual,
     equivariance_loss,
     kmeans_loss,
@@ -40,8 +40,8 @@ from training.tusk.losses import (
     reconstruction_loss,
     sliced_wasserstein_loss,
 )
-from training.tusk.prototype_restart import reseed_unused_prototypes
-from training.tusk.tps import TPS_PRESETS, apply_tps, random_tps
+from kp_perception_training.tusk.prototype_restart import reseed_unused_prototypes
+from kp_perception_training.tusk.tps import TPS_PRESETS, apply_tps, random_tps
 
 LOSS_DEFAULTS: dict[str, Any] = {
     "reconstruction": 1.0,
@@ -129,11 +129,11 @@ class TuskMethod(TrainingMethod):
         for p in data_paths:
             path = Path(p)
             if (path / "images").is_dir() and (path / "masks").is_dir():
-                from training.data.multi_object import MultiObjectDataset
+                from kp_perception_training.data.multi_object import MultiObjectDataset
 
                 datasets.append(MultiObjectDataset(path, size=(width, height)))
             else:
-                from training.data.datasets import FrameDataset, load_cached_sequences
+                from kp_perception_training.data.datasets import FrameDataset, load_cached_sequences
 
                 cached = load_cached_sequences(
                     [path], (width, height), image_topic=config.get("data", {}).get("image_topic")
