@@ -59,6 +59,10 @@ def add_parser(subparsers) -> None:
                      default=None, help="light direction (preset's; random: per episode)")
     tab.add_argument("--distractors", type=int, default=None, metavar="N",
                      help="non-annotated clutter objects (preset's)")
+    tab.add_argument("--surface-points", choices=("collision", "rendered"), default=None,
+                     help="object surface points: on the rendered mesh, visible only where the depth sees them "
+                     "(rendered, every preset but default), or by ray casts on collision shapes, visible where "
+                     "their body covers the pixel (collision: the default preset, as first released)")
     tab.add_argument("--no-depth", action="store_true", help="leave out /camera/depth/image_raw")
     tab.add_argument("--no-instance-ids", action="store_true", help="leave out /camera/instance_ids")
     tab.add_argument("--no-joint-states", action="store_true", help="leave out /joint_states")
@@ -121,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
             objects=None if args.objects is None else tuple(args.objects.split(",")),
             frames=args.frames, size=args.size, seed=args.seed, fps=args.fps, arm=args.arm, camera=args.camera,
             camera_jitter=args.camera_jitter, objects_per_episode=args.objects_per_episode, table=args.table,
-            light=args.light, distractors=args.distractors, depth=not args.no_depth,
+            light=args.light, distractors=args.distractors, surface_points=args.surface_points,
+            depth=not args.no_depth,
             instance_ids=not args.no_instance_ids, joint_states=not args.no_joint_states,
         )
         summary = generate_tabletop(

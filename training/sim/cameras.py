@@ -42,7 +42,7 @@ CAMERA_RIGS: dict[str, CameraRig] = {
     # arm are in view (the Panda's upper links leave the frame; their points are then not visible).
     "oblique": CameraRig((-0.08, 0.0, 0.08), 1.05, 90.0, -60.0),
     "topdown": CameraRig((-0.12, 0.0, 0.0), 1.15, 90.0, -89.9),
-    "side": CameraRig((-0.12, 0.0, 0.10), 1.25, 0.0, -25.0),
+    "side": CameraRig((-0.18, 0.0, 0.12), 1.2, 0.0, -28.0),
 }
 CAMERA_CHOICES = (*CAMERA_RIGS, "random")
 

@@ -71,7 +71,7 @@ DEFAULT_OBJECTS: tuple[ObjectSpec, ...] = tuple(CATALOGUE[t] for t in DEFAULT_TY
 
 # Distractors: small shapes from pybullet_data's random_urdfs, never annotated.
 DISTRACTOR_MODELS = 1000  # random_urdfs/000 ... random_urdfs/999
-DISTRACTOR_SCALE = 0.5
+DISTRACTOR_SCALE = 0.7
 
 
 def distractor_urdf(index: int) -> str:

@@ -30,10 +30,15 @@ class ScenePreset:
     table: str = "grey"
     light: str = "default"
     distractors: int = 0
+    surface_points: str = "rendered"
 
 
 SCENE_PRESETS: dict[str, ScenePreset] = {
-    "default": ScenePreset("the original scene: Panda, oblique camera, teddy, duck, mug, jenga, lego, grey table"),
+    "default": ScenePreset(
+        "the original scene: Panda, oblique camera, teddy, duck, mug, jenga, lego, grey table "
+        "(ground truth as first released: surface points by collision ray casts)",
+        surface_points="collision",
+    ),
     "bo": ScenePreset(
         "B&O-like variety: Panda, camera jittered per episode, 5 objects per episode from the whole catalogue, "
         "table and light random per episode",
@@ -75,7 +80,7 @@ TABLE_STYLES: dict[str, TableStyle] = {
     "wood": TableStyle((1.0, 1.0, 1.0, 1.0), "table/table.png"),
     "white": TableStyle((0.86, 0.86, 0.83, 1.0)),
     "dark": TableStyle((0.22, 0.22, 0.24, 1.0)),
-    "checker": TableStyle((1.0, 1.0, 1.0, 1.0), "checker_blue.png"),
+    "checker": TableStyle((1.0, 1.0, 1.0, 1.0), "checker_grid.jpg"),
 }
 TABLE_CHOICES = (*TABLE_STYLES, "random")
 

@@ -132,6 +132,7 @@ WORKSPACE_CENTRE = (0.0, 0.0)
 WORKSPACE_HALF = 0.25  # 50×50 cm
 MAX_STEP = 0.05  # metres the gripper may move between frames (B&O)
 MAX_DISTRACTORS = 20
+SURFACE_POINTS = ("collision", "rendered")
 
 # Random streams of the varied aspects: default_rng([seed, episode, aspect]).
 _ASPECT_OBJECTS, _ASPECT_DISTRACTORS, _ASPECT_CAMERA, _ASPECT_LIGHT, _ASPECT_TABLE = 1, 2, 3, 4, 5
@@ -160,6 +161,10 @@ class TabletopConfig:
     table: str = "grey"
     light: str = "default"
     distractors: int = 0
+    # "collision": surface points by ray casts on collision shapes, visibility by segmentation (the
+    # original ground truth, kept by the default preset); "rendered": points on the rendered surface,
+    # and a surface point is visible only where the depth image sees it.
+    surface_points: str = "collision"
     depth: bool = True  # write /camera/depth/image_raw
     instance_ids: bool = True  # write /camera/instance_ids
     joint_states: bool = True  # write /joint_states
@@ -181,7 +186,7 @@ class TabletopConfig:
         values = {
             "scene": scene, "arm": preset.arm, "camera": preset.camera, "table": preset.table,
             "light": preset.light, "distractors": preset.distractors,
-            "objects_per_episode": preset.objects_per_episode,
+            "objects_per_episode": preset.objects_per_episode, "surface_points": preset.surface_points,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         types = preset.objects if objects is None else tuple(objects)
@@ -205,6 +210,10 @@ class TabletopConfig:
             raise KpPerceptionError(f"unknown table '{self.table}'; choose one of {', '.join(TABLE_CHOICES)}")
         if self.light not in LIGHT_CHOICES:
             raise KpPerceptionError(f"unknown light '{self.light}'; choose one of {', '.join(LIGHT_CHOICES)}")
+        if self.surface_points not in SURFACE_POINTS:
+            raise KpPerceptionError(
+                f"unknown surface points '{self.surface_points}'; choose one of {', '.join(SURFACE_POINTS)}"
+            )
         if not self.objects:
             raise KpPerceptionError("the scene needs at least one object")
         if not 0 <= self.objects_per_episode <= len(self.objects):
@@ -411,8 +420,11 @@ class TabletopScene:
         starts = [(centre[0] + dx, centre[1] + dy, hi[2] + 0.05) for dx, dy in offsets]
         ends = [(x, y, lo[2] - 0.05) for x, y, _ in starts]
         hits = p.rayTestBatch(starts, ends, physicsClientId=c)
+        tops = self._rendered_tops(body, starts, lo, hi) if self.config.surface_points == "rendered" else None
         for i, (hit, start) in enumerate(zip(hits, starts, strict=True)):
-            if hit[0] == body:
+            if tops is not None and tops[i] is not None:
+                point = np.array([start[0], start[1], tops[i]])
+            elif hit[0] == body:
                 point = np.array(hit[3])
             else:  # a ray through a gap (e.g. into the mug): use the box top above that spot
                 point = np.array([start[0], start[1], hi[2]])
@@ -420,6 +432,38 @@ class TabletopScene:
         if to_body is not None:
             points = {k: to_body @ v for k, v in points.items()}
         return _Body(spec, name, FIRST_OBJECT_ID + index, body, points)
+
+    def _rendered_tops(self, body: int, starts, lo: np.ndarray, hi: np.ndarray) -> list[float | None]:
+        """Height of the *rendered* surface below each (x, y) of ``starts``, or None where it is not ``body``.
+
+        Collision shapes (convex hulls) can bridge a mesh's concavities, so a ray
+        cast on them may stop centimetres above what the camera sees. One
+        orthographic depth render straight down on the isolated object finds the
+        visual surface instead (pixels of about 1.5 mm for a 10 cm object);
+        rendering changes no simulation state.
+        """
+        p, c = self.p, self.client
+        n = 64
+        centre = (lo + hi) / 2.0
+        half = max(hi[0] - lo[0], hi[1] - lo[1]) / 2.0 + 0.01
+        eye = (centre[0], centre[1], hi[2] + 0.1)
+        near, far = 0.01, hi[2] - lo[2] + 0.2
+        view = p.computeViewMatrix(eye, (centre[0], centre[1], lo[2]), (0, 1, 0))
+        projection = _orthographic(half, near, far)
+        _, _, _, depth, seg = p.getCameraImage(n, n, view, projection.T.reshape(-1).tolist(),
+                                               renderer=p.ER_TINY_RENDERER, physicsClientId=c)
+        depth = np.asarray(depth, dtype=np.float64).reshape(n, n)
+        seg = np.asarray(seg).reshape(n, n)
+        camera = Camera(np.array(view).reshape(4, 4).T, projection, n, n, 0.0)
+        pixels = camera.project(np.array([[x, y, hi[2]] for x, y, _ in starts]))
+        tops: list[float | None] = []
+        for x, y in pixels:
+            col, row = int(round(x)), int(round(y))
+            if 0 <= col < n and 0 <= row < n and seg[row, col] == body:
+                tops.append(float(eye[2] - (near + depth[row, col] * (far - near))))  # orthographic: linear
+            else:
+                tops.append(None)
+        return tops
 
     def _place_objects(self) -> None:
         """Drop objects at random, well-separated workspace positions with random yaw."""
@@ -621,20 +665,33 @@ class TabletopScene:
                 out.append((f"{obj.name}/{point_name}", obj.body, np.array(pos) + rot @ local))
         return out
 
-    def annotate(self, seg: np.ndarray) -> list[tuple[str, float, float, bool, tuple[float, float, float]]]:
+    def annotate(
+        self, seg: np.ndarray, depth_buffer: np.ndarray | None = None
+    ) -> list[tuple[str, float, float, bool, tuple[float, float, float]]]:
         """Project every point: (name, x, y, visible, XYZ in the optical frame, metres).
 
-        Visible when the segmentation at its (rounded) pixel is its own body.
+        Visible when the segmentation at its (rounded) pixel is its own body. With
+        ``surface_points="rendered"`` a ``surface_*`` point must also be what the
+        depth image sees there (within 1 cm plus one pixel's footprint), so a
+        point turned away from the camera by a toppled object is not visible;
+        that needs ``depth_buffer`` (RenderedViews.depth_buffer).
         """
+        rendered = self.config.surface_points == "rendered"
+        if rendered and depth_buffer is None:
+            raise ValueError("surface_points='rendered' judges visibility by depth: pass depth_buffer")
         points = self.world_points()
         world = np.stack([w for _, _, w in points])
         xy = self.camera.project(world)
         xyz = self.camera.to_optical(world)
+        fy = self.camera.intrinsics[1, 1]
         h, w = seg.shape
         rows = []
         for (name, body, _), (x, y), optical in zip(points, xy, xyz, strict=True):
             col, row = int(round(x)), int(round(y))
             visible = 0 <= col < w and 0 <= row < h and int(seg[row, col]) == body
+            if visible and rendered and "/surface_" in name:
+                seen = float(self.camera.linear_depth(depth_buffer[row : row + 1, col : col + 1])[0, 0])
+                visible = abs(seen - optical[2]) <= 0.01 + optical[2] / fy
             rows.append((name, float(x), float(y), bool(visible), tuple(float(v) for v in optical)))
         return rows
 
@@ -658,6 +715,13 @@ class TabletopScene:
 
     def close(self) -> None:
         self.p.disconnect(physicsClientId=self.client)
+
+
+def _orthographic(half: float, near: float, far: float) -> np.ndarray:
+    """4×4 OpenGL orthographic projection of a square window ±half metres (depth linear in [near, far])."""
+    m = np.diag([1.0 / half, 1.0 / half, -2.0 / (far - near), 1.0])
+    m[2, 3] = -(far + near) / (far - near)
+    return m
 
 
 _MESH_BOUNDS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -686,8 +750,8 @@ def simulate_episode(
     try:
         for _ in range(config.frames):
             scene.step()
-            frame, seg = scene.render()
-            yield frame, scene.annotate(seg)
+            views = scene.render_views()
+            yield views.rgb, scene.annotate(views.seg, views.depth_buffer)
     finally:
         scene.close()
 
@@ -735,7 +799,7 @@ def write_episode(
                     bag.write_message(JOINT_STATES_TOPIC, JOINT_STATE_TYPE, msg, stamp_ns)
                 annotations.extend(
                     Annotation(name, index, point, x, y, visible, xyz)
-                    for point, x, y, visible, xyz in scene.annotate(views.seg)
+                    for point, x, y, visible, xyz in scene.annotate(views.seg, views.depth_buffer)
                 )
                 if progress is not None:
                     progress.put(1)
