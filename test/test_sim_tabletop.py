@@ -302,3 +302,20 @@ def test_annotations_csv_round_trip_and_bad_rows(tmp_path):
     (tmp_path / "d.csv").write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match="missing column"):
         read_annotations(tmp_path / "d.csv")
+
+
+def test_annotations_with_3d_round_trip_and_files_without_it_still_read(tmp_path):
+    from kp_perception.errors import DataError
+
+    rows = [Annotation("ep", 0, "duck/surface_0", 1.5, 2.25, True, (0.01234, -0.2, 0.98765)),
+            Annotation("ep", 0, "hand/tip", 3.0, 4.0, False)]
+    write_annotations(tmp_path / "a.csv", rows)
+    assert (tmp_path / "a.csv").read_text().splitlines()[0] == "sequence,frame,name,x,y,visible,X,Y,Z"
+    assert read_annotations(tmp_path / "a.csv") == rows  # a row without 3D keeps xyz None
+    # Written without any 3D: the six-column file of earlier releases, which reads with xyz None.
+    write_annotations(tmp_path / "b.csv", [Annotation("ep", 1, "head", 3.0, 4.0, True)])
+    assert (tmp_path / "b.csv").read_text().splitlines()[0] == "sequence,frame,name,x,y,visible"
+    assert read_annotations(tmp_path / "b.csv")[0].xyz is None
+    (tmp_path / "c.csv").write_text("sequence,frame,name,x,y,visible,X,Y,Z\nep,0,head,1,2,1,0.1,,0.3\n")
+    with pytest.raises(DataError, match="c.csv:2.*together"):
+        read_annotations(tmp_path / "c.csv")

@@ -3,8 +3,8 @@
 Format (design.md's header plus a visibility column and, optionally, 3D)::
 
     sequence,frame,name,x,y,visible,X,Y,Z
-    episode_000,0,arm/panda_link4,61.250,20.875,1,0.0123,-0.2210,0.9875
-    episode_000,0,teddy/centre,40.500,77.125,0,-0.1002,0.1290,0.8731
+    episode_000,0,arm/panda_link4,61.250,20.875,1,0.01230,-0.22104,0.98751
+    episode_000,0,teddy/centre,40.500,77.125,0,-0.10021,0.12903,0.87310
 
 - ``sequence``: the bag, video or folder stem (for the simulator, ``episode_NNN``,
   the rosbag2 directory stem, which is what the dataset reader calls the sequence).
@@ -53,7 +53,7 @@ class Annotation:
 def write_annotations(path: str | Path, annotations: Iterable[Annotation]) -> int:
     """Write ``annotations`` to ``path`` (overwriting it) in file order; return the row count.
 
-    ``X,Y,Z`` columns (0.1 mm resolution) are written when any row has ``xyz``;
+    ``X,Y,Z`` columns (10 µm resolution) are written when any row has ``xyz``;
     rows without it leave them empty.
     """
     rows = list(annotations)
@@ -64,7 +64,7 @@ def write_annotations(path: str | Path, annotations: Iterable[Annotation]) -> in
         for a in rows:
             row = [a.sequence, a.frame, a.name, f"{a.x:.3f}", f"{a.y:.3f}", int(a.visible)]
             if with_xyz:
-                row += ["", "", ""] if a.xyz is None else [f"{v:.4f}" for v in a.xyz]
+                row += ["", "", ""] if a.xyz is None else [f"{v:.5f}" for v in a.xyz]
             writer.writerow(row)
     return len(rows)
 

@@ -190,7 +190,7 @@ class TabletopConfig:
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         types = preset.objects if objects is None else tuple(objects)
-        if objects is not None and "objects_per_episode" not in overrides:
+        if objects is not None and overrides.get("objects_per_episode") is None:
             values["objects_per_episode"] = 0  # a pool given by hand is shown whole unless told otherwise
         values["objects"] = objects_from_types(types)
         return cls(**values)
