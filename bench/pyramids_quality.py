@@ -12,7 +12,7 @@ of docs/results.md, and checks the issue's goal:
 both on the mean over seeds.
 
 Default (CPU): 64×64 images, 40 train + 20 test episodes of 30 frames, the CPU model
-preset documented in config/training/pyramids.yaml, lr 1e-3 for every method, 600 steps,
+preset documented in training/pyramids/config.py, lr 1e-3 for every method, 600 steps,
 3 seeds, one torch thread per run. Every method's FPN keeps the paper's map sizes
 (finest 32×32, so level 1 of the pyramid is 16×16) whatever the image size:
 ``model.finest_stride`` = size / 32, i.e. 2 at 64 px, the YAML's 4 at 128 px
@@ -44,7 +44,7 @@ DOC = ROOT / "docs" / "results.md"
 SECTION = "## Keypoint Pyramids"
 BEGIN, END = "<!-- Pyramids table: begin (bench/pyramids_quality.py) -->", "<!-- Pyramids table: end -->"
 
-# The CPU preset (documented in config/training/pyramids.yaml); --paper leaves the YAML sizes.
+# The CPU preset (documented in training/pyramids/config.py); --paper keeps the paper's sizes.
 CPU_PRESET = [
     "model.width=16",
     "model.fpn_channels=32",
@@ -83,15 +83,10 @@ def paper_finest_stride(size: int) -> int:
 
 def preset_for(kind: str) -> list[str]:
     """The CPU preset restricted to the keys the kind's config has (KeyNet has no feature encoder, ...)."""
-    from kp_perception_training.config import load_config
+    from kp_perception_training.config import config_class, flatten
 
-    config = load_config(kind)
-    out = []
-    for item in CPU_PRESET:
-        section, key = item.split("=")[0].split(".")
-        if key in config.get(section, {}):
-            out.append(item)
-    return out
+    keys = flatten(config_class(kind)().to_dict())
+    return [item for item in CPU_PRESET if item.split("=")[0] in keys]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ A checkpoint is a dict saved with ``torch.save``::
 
     {
       "format": "kp_perception.checkpoint", "format_version": 1,
-      "kind": "pyramids" | "keynet" | "transporter" | "tusk",
+      "kind": a kind of kp_perception.kinds (pyramids, keynet, transporter, tusk),
       "config": {...},             # resolved training config, plain YAML types
       "encoder": state_dict,       # the robot-side encoder (what export needs)
       "training": {...},           # everything else: decoders, optimisers, step, RNG states
@@ -22,10 +22,11 @@ from typing import Any
 
 from kp_perception.atomic import atomic_path
 from kp_perception.errors import ModelLoadError
+from kp_perception.kinds import KIND_NAMES
 
 FORMAT = "kp_perception.checkpoint"
 FORMAT_VERSION = 1
-KINDS = ("pyramids", "keynet", "transporter", "tusk")
+KINDS = KIND_NAMES
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:

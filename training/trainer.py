@@ -49,13 +49,12 @@ from kp_perception.errors import ConfigError, DataError, KpPerceptionError, Mode
 from kp_perception_training import distributed as dist
 from kp_perception_training.allocator import retain_freed_memory
 from kp_perception_training.config import (
+    TrainingConfig,
     TrainSettings,
-    apply_overrides,
+    config_from_saved,
     dump_config,
     incompatible_keys,
     load_config,
-    train_settings,
-    with_defaults,
 )
 from kp_perception_training.methods import TrainingMethod, resolve_method
 
@@ -230,19 +229,24 @@ def _to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> 
 
 
 def resolve_run_config(
-    kind: str, out_dir: str | Path, config: str | Path | None = None, overrides: list[str] | None = None
-) -> dict:
-    """The config for ``train KIND --out RUN``: a fresh one, or the run's own when it resumes.
+    kind: str,
+    out_dir: str | Path,
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+    method: str | type[TrainingMethod] | None = None,
+) -> TrainingConfig:
+    """The typed config for ``train KIND --out RUN``: a fresh one, or the run's own when it resumes.
 
     When ``RUN/last.pt`` exists and no ``--config`` is given, the run continues
     with its saved config plus ``overrides`` (which may only change
     ``RESUME_MUTABLE`` keys such as steps or budget; ``train()`` checks).
+    ``method`` (a class or ``"module:Class"``) replaces the kind's method, e.g. in tests.
     """
     last = Path(out_dir) / "last.pt"
     if last.exists() and config is None:
         saved = _load_resume_checkpoint(last, kind)
-        return apply_overrides(with_defaults(saved["config"], str(last)), overrides or [], str(last))
-    return load_config(config if config is not None else kind, overrides)
+        return config_from_saved(kind, saved["config"], str(last), overrides, method)
+    return load_config(kind, config, overrides, method)
 
 
 def _load_resume_checkpoint(last: Path, kind: str) -> dict:
@@ -308,7 +312,7 @@ def parameter_hash(module: torch.nn.Module) -> str:
 
 def train(
     kind: str,
-    config: dict,
+    config: TrainingConfig,
     data_paths: list[str],
     out_dir: str | Path,
     *,
@@ -319,8 +323,9 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) the run in ``out_dir``; returns a JSON-able summary.
 
-    ``kind`` is the checkpoint kind; ``method`` defaults to ``METHODS[kind]``
-    (a class or ``"module:Class"`` may be given, e.g. by tests). Under torchrun
+    ``kind`` is the checkpoint kind; ``method`` defaults to the kind's (``kp_perception.kinds``;
+    a class or ``"module:Class"`` may be given, e.g. by tests). ``config`` is the typed
+    config (``resolve_run_config`` / ``load_config``). Under torchrun
     every rank calls this; only rank 0 writes. ``write_rank_hashes`` makes
     every rank write ``RUN/rank_<r>_params.sha256`` at the end, to check that
     DDP replicas agree.
@@ -336,7 +341,7 @@ def train(
 
 def _train(
     kind: str,
-    config: dict,
+    config: TrainingConfig,
     data_paths: list[str],
     out: Path,
     method_spec: str | type[TrainingMethod] | None,
@@ -344,15 +349,16 @@ def _train(
     progress: bool,
     write_rank_hashes: bool,
 ) -> dict[str, Any]:
-    settings = train_settings(config)
+    settings = config.train
     rank, world = dist.rank(), dist.world_size()
     main = rank == 0
     data_paths = [str(p) for p in data_paths]
     last_path, best_path = out / "last.pt", out / "best.pt"
+    cls = resolve_method(method_spec) if isinstance(method_spec, str) else (method_spec or resolve_method(kind))
 
     resume = _load_resume_checkpoint(last_path, kind) if last_path.exists() else None
     if resume is not None:
-        bad = incompatible_keys(with_defaults(resume["config"]), config)
+        bad = incompatible_keys(config_from_saved(kind, resume["config"], str(last_path), method=cls, warn=False), config)
         if bad:
             raise ConfigError(
                 f"{last_path}: config differs from the run's in {', '.join(bad[:5])}"
@@ -365,7 +371,6 @@ def _train(
 
     # Same seed on every rank so initial weights agree (DDP also broadcasts rank 0's).
     _seed_all(settings.seed)
-    cls = resolve_method(method_spec) if isinstance(method_spec, str) else (method_spec or resolve_method(kind))
     model = cls(config).to(device)
     if world > 1 and device.type == "cuda":
         # Batch statistics over all GPUs (same state-dict keys, so checkpoints are unchanged).
@@ -454,7 +459,7 @@ def _train(
             path,
             {
                 "kind": kind,
-                "config": config,
+                "config": config.to_dict(),
                 "encoder": model.encoder.state_dict(),
                 "training": {
                     "step": step,

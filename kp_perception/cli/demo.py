@@ -45,13 +45,12 @@ from typing import Any
 
 import numpy as np
 
+from kp_perception.kinds import KINDS
 from kp_perception.resources import share_path
 
 IMAGE_TOPIC = "/camera/image_raw"
-MSG_TYPES = {
-    "pyramids": "kp_perception_msgs/msg/KeypointPyramid",
-    "tusk": "kp_perception_msgs/msg/PrototypeDetectionArray",
-}
+DEMO_KINDS = tuple(name for name, kind in KINDS.items() if kind.shipped_model)
+MSG_TYPES = {name: KINDS[name].node.message for name in DEMO_KINDS}
 DIAGNOSTICS_TYPE = "diagnostic_msgs/msg/DiagnosticArray"
 DEBUG_IMAGE_TYPE = "sensor_msgs/msg/Image"
 
@@ -67,7 +66,7 @@ def add_parser(subparsers) -> None:
             "with a summary of rate, latency and keypoint motion (summary.json)."
         ),
     )
-    sub.add_argument("kind", choices=tuple(MSG_TYPES), help="which node and shipped model to run")
+    sub.add_argument("kind", choices=DEMO_KINDS, help="which node and shipped model to run")
     sub.add_argument("--out", type=Path, help="output folder (default: out/demo_<kind>); earlier demo outputs "
                      "in it are replaced")
     sub.add_argument("--model", type=Path, help="exported model (.onnx + .json sidecar; default: models/<kind>.onnx)")

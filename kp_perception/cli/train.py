@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-KINDS = ("pyramids", "tusk", "keynet", "transporter")
+from kp_perception.kinds import KIND_NAMES
 
 
 def add_parser(subparsers) -> None:
@@ -27,9 +27,10 @@ def add_parser(subparsers) -> None:
             "train ... (gloo on CPU, NCCL on GPU)."
         ),
     )
-    sub.add_argument("kind", choices=KINDS, help="method to train")
-    sub.add_argument("--data", nargs="+", required=True, metavar="PATH", help="training data sources")
-    sub.add_argument("--out", required=True, type=Path, metavar="RUN", help="run directory (resumed if it holds last.pt)")
+    sub.add_argument("kind", choices=KIND_NAMES, help="method to train")
+    sub.add_argument("--data", nargs="+", metavar="PATH", help="training data sources (required to train)")
+    sub.add_argument("--out", type=Path, metavar="RUN", help="run directory, resumed if it holds last.pt "
+                     "(required to train)")
     sub.add_argument(
         "--config", metavar="YAML",
         help="config file or name in config/training/ (default: the kind's; on resume: the run's own config)",
@@ -47,6 +48,10 @@ def add_parser(subparsers) -> None:
     sub.add_argument("--seed", type=int, metavar="K", help="random seed (train.seed)")
     sub.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     sub.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
+    sub.add_argument(
+        "--print-config", action="store_true",
+        help="print the resolved config (every key, with --config and --set applied) as YAML and exit",
+    )
     sub.add_argument(
         "--write-rank-hashes", action="store_true",
         help="each rank writes RUN/rank_<r>_params.sha256 at the end (checks DDP replicas agree)",
@@ -69,8 +74,19 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
 
+    from kp_perception_training.config import config_yaml, load_config
     from kp_perception_training.trainer import resolve_run_config, summary_line, train
 
+    if args.print_config:  # with --out: what a resumed run would use
+        if args.out is not None:
+            config = resolve_run_config(args.kind, args.out, args.config, overrides)
+        else:
+            config = load_config(args.kind, args.config, overrides)
+        print(config_yaml(config), end="")
+        return 0
+    missing = [flag for flag, value in (("--data", args.data), ("--out", args.out)) if not value]
+    if missing:
+        raise ConfigError(f"{' and '.join(missing)} {'are' if len(missing) > 1 else 'is'} required to train")
     config = resolve_run_config(args.kind, args.out, args.config, overrides)
     summary = train(
         args.kind, config, args.data, args.out, device=args.device,
