@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from kp_perception.kinds import PYRAMID_KINDS
-
-ROOT = Path(__file__).resolve().parent.parent
+from kp_perception_bench._outputs import work_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", nargs="*", help="training data (default: simulate 4 tabletop episodes into --work)")
-    parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench_loader")
+    parser.add_argument("--work", type=Path, default=work_dir("bench_loader"))
     parser.add_argument("--kind", default="pyramids", choices=PYRAMID_KINDS)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)

@@ -36,11 +36,8 @@ from typing import Any
 import numpy as np
 
 from kp_perception.errors import KpPerceptionError
-from kp_perception_bench._doc_block import write_block
+from kp_perception_bench._outputs import docs_path, results_dir, update_results_doc, work_dir
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-DOC = ROOT / "docs" / "results.md"
 SECTION = "## Keypoint Pyramids"
 BEGIN, END = "<!-- Pyramids table: begin (bench/pyramids_quality.py) -->", "<!-- Pyramids table: end -->"
 
@@ -90,7 +87,7 @@ def preset_for(kind: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench_pyramids",
+    parser.add_argument("--work", type=Path, default=work_dir("bench_pyramids"),
                         help="data, runs and caches go here; existing data and finished runs are reused")
     parser.add_argument("--paper", action="store_true", help="paper setting: 128x128, 450 episodes, paper model, lr 1e-4 (GPU)")
     parser.add_argument("--size", type=int, help="image size (default 64, --paper 128)")
@@ -109,7 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch threads per run (1: on a shared 2-core CPU more threads thrash; 0 = torch default)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: the trainer's choice")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/results.md")
-    parser.add_argument("--tag", default="", help="suffix of the result files (e.g. quick)")
+    parser.add_argument("--tag", default="", help="suffix of the result files, e.g. ablation_no_spring "
+                        "(bench/results/pyramids_quality_<tag>.json)")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="no training: combine the runs of earlier result JSONs (e.g. one process per method)")
 
@@ -169,10 +167,11 @@ def _table(runs: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
 
 def _write(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     tag = f"_{args.tag}" if args.tag else ""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"pyramids_quality{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    results = results_dir()
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"pyramids_quality{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = _markdown(result)
-    (RESULTS / f"pyramids_quality{tag}.md").write_text(markdown)
+    (results / f"pyramids_quality{tag}.md").write_text(markdown)
     if not args.no_doc:
         _update_doc(markdown)
     return result
@@ -331,8 +330,9 @@ def _markdown(result: dict) -> str:
 
 def _update_doc(markdown: str) -> None:
     """Replace the generated table between the markers in docs/results.md; the prose around it stays."""
-    heading = "" if DOC.is_file() and BEGIN in DOC.read_text() else f"{SECTION}\n\n"
-    write_block(DOC, BEGIN, END, f"{BEGIN}\n{heading}{markdown.rstrip()}\n{END}\n")
+    doc = docs_path("results.md")
+    heading = "" if doc.is_file() and BEGIN in doc.read_text() else f"{SECTION}\n\n"
+    update_results_doc(BEGIN, END, f"{BEGIN}\n{heading}{markdown.rstrip()}\n{END}\n")
 
 
 if __name__ == "__main__":
