@@ -38,6 +38,21 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
+def _load_failure(exc: Exception) -> str:
+    """torch.load's reason in one line, without its advice to retry with ``weights_only=False``.
+
+    That advice means running whatever code the file holds; a checkpoint is data, so it is never taken.
+    """
+    text = str(exc).strip()
+    if "Weights only load failed" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0] if "WeightsUnpickler error:" in text \
+            else ""
+        detail = " ".join(detail.split())
+        return "corrupt, or it holds objects other than tensors and plain data" + (f": {detail}" if detail else "")
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first if "weights_only" not in first else type(exc).__name__
+
+
 def load_checkpoint(path: str | Path, expected_kind: str | None = None) -> dict[str, Any]:
     """Load and validate a checkpoint; raise ``ModelLoadError`` naming the file and the problem."""
     import torch
@@ -48,8 +63,7 @@ def load_checkpoint(path: str | Path, expected_kind: str | None = None) -> dict[
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{path}: not a readable kp_perception checkpoint ({reason})") from None
+        raise ModelLoadError(f"{path}: not a readable kp_perception checkpoint ({_load_failure(exc)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ModelLoadError(f"{path}: not a kp_perception checkpoint (no '{FORMAT}' format tag)")
     if data.get("format_version") != FORMAT_VERSION:

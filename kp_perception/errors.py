@@ -19,3 +19,7 @@ class ModelLoadError(KpPerceptionError):
 
 class ConfigError(KpPerceptionError):
     """An invalid configuration value or override."""
+
+
+class OutputError(KpPerceptionError):
+    """An output file that cannot be written where the user asked (a directory, a read-only place, a full disk)."""

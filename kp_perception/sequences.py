@@ -148,14 +148,16 @@ class BagSequence(Sequence):
 
     kind = "rosbag2"
 
-    def __init__(self, source: Path, image_topic: str | None = None) -> None:
+    def __init__(self, source: Path, image_topic: str | None = None, first_if_several: bool = False) -> None:
+        """``first_if_several``: with several image topics and no ``image_topic``, take the first
+        instead of refusing (inspection opens one sequence per topic)."""
         super().__init__(source, source.stem if source.is_file() else source.name)
         self._encoding: str | None = None
         self._stamps: list[int] | None = None
         with self._open() as reader:
             self.all_topics = {name: info.msgtype or "?" for name, info in reader.topics.items()}
             self.image_topics = sorted(t for t, typ in self.all_topics.items() if typ in IMAGE_TYPES)
-            self.topic = self._choose_topic(image_topic)
+            self.topic = self._choose_topic(image_topic, first_if_several)
             self.msgtype = self.all_topics[self.topic]
             self._length = sum(c.msgcount for c in reader.connections if c.topic == self.topic)
         if self._length == 0:
@@ -178,12 +180,12 @@ class BagSequence(Sequence):
         finally:
             reader.close()
 
-    def _choose_topic(self, image_topic: str | None) -> str:
+    def _choose_topic(self, image_topic: str | None, first_if_several: bool = False) -> str:
         found = ", ".join(f"{t} ({typ})" for t, typ in sorted(self.all_topics.items())) or "none"
         if not self.image_topics:
             raise DataError(f"{self.source}: no sensor_msgs/Image or CompressedImage topic; topics found: {found}")
         if image_topic is None:
-            if len(self.image_topics) > 1:
+            if len(self.image_topics) > 1 and not first_if_several:
                 raise DataError(
                     f"{self.source}: several image topics ({', '.join(self.image_topics)}); "
                     "choose one with --image-topic"
@@ -360,9 +362,9 @@ class FolderSequence(Sequence):
             data = np.fromfile(path, dtype=np.uint8)
         except OSError as exc:
             raise DataError(f"{path}: cannot read image: {exc.strerror or exc}") from None
-        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        bgr = _quiet_imdecode(data) if data.size else None
         if bgr is None:
-            raise DataError(f"{path}: unreadable image")
+            raise DataError(f"{path}: unreadable image (corrupt or truncated)")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     def iter_frames(self) -> Iterator[np.ndarray]:
@@ -371,6 +373,17 @@ class FolderSequence(Sequence):
 
     def _content_files(self) -> list[Path]:
         return self.files
+
+
+def _quiet_imdecode(data: np.ndarray) -> np.ndarray | None:
+    """cv2.imdecode without OpenCV's own warning line on a corrupt file: the DataError says it once."""
+    logging = cv2.utils.logging
+    level = logging.getLogLevel()
+    logging.setLogLevel(min(level, logging.LOG_LEVEL_ERROR))
+    try:
+        return cv2.imdecode(data, cv2.IMREAD_COLOR)
+    finally:
+        logging.setLogLevel(level)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -382,16 +395,27 @@ def _is_bag_dir(path: Path) -> bool:
 
 
 def _is_multi_object_dir(path: Path) -> bool:
-    """The design.md multi-object format: images/, masks/, objects.csv. Its frames are images/."""
+    """The multi-object format (docs/training_guide.md): images/, masks/, objects.csv. Its frames are images/."""
     return (path / "images").is_dir() and (path / "objects.csv").is_file()
 
 
-def _open_path(path: Path, image_topic: str | None, top: bool) -> list[Sequence]:
+def _bag_sequences(path: Path, image_topic: str | None, every_image_topic: bool) -> list[Sequence]:
+    if not every_image_topic or image_topic is not None:
+        return [BagSequence(path, image_topic)]
+    first = BagSequence(path, first_if_several=True)
+    return [first, *(BagSequence(path, topic) for topic in first.image_topics if topic != first.topic)]
+
+
+def _open_path(path: Path, image_topic: str | None, top: bool, every_image_topic: bool = False) -> list[Sequence]:
     """Sequences at ``path``; ``top`` says the user named it (so an unusable path is an error)."""
+    if not path.is_file() and not path.is_dir():
+        if top:
+            raise DataError(f"{path}: not a regular file or folder (a device, FIFO or socket is not a recording)")
+        return []
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix in BAG_SUFFIXES:
-            return [BagSequence(path, image_topic)]
+            return _bag_sequences(path, image_topic, every_image_topic)
         if suffix in VIDEO_SUFFIXES:
             return [VideoSequence(path)]
         if top:
@@ -401,7 +425,7 @@ def _open_path(path: Path, image_topic: str | None, top: bool) -> list[Sequence]
             )
         return []
     if _is_bag_dir(path):
-        return [BagSequence(path, image_topic)]
+        return _bag_sequences(path, image_topic, every_image_topic)
     if _is_multi_object_dir(path):
         return [FolderSequence(path / "images", name=path.name)]
     sequences: list[Sequence] = []
@@ -412,13 +436,15 @@ def _open_path(path: Path, image_topic: str | None, top: bool) -> list[Sequence]
         if child.name.startswith("."):
             continue
         if child.is_dir() or child.suffix.lower() in BAG_SUFFIXES + VIDEO_SUFFIXES:
-            sequences.extend(_open_path(child, image_topic, top=False))
+            sequences.extend(_open_path(child, image_topic, False, every_image_topic))
     if top and not sequences:
         raise DataError(f"{path}: empty folder (no rosbag2, video or images found in it or below)")
     return sequences
 
 
-def open_sequences(paths: Iterable[str | Path] | str | Path, image_topic: str | None = None) -> list[Sequence]:
+def open_sequences(
+    paths: Iterable[str | Path] | str | Path, image_topic: str | None = None, every_image_topic: bool = False
+) -> list[Sequence]:
     """Open every sequence under ``paths``.
 
     A path may be a rosbag2 directory (metadata.yaml + .mcap/.db3), a single
@@ -428,7 +454,8 @@ def open_sequences(paths: Iterable[str | Path] | str | Path, image_topic: str | 
     episode_000/, episode_001/ bags beside annotations.csv).
 
     The image topic is chosen automatically when a bag has exactly one;
-    otherwise ``image_topic`` must name it. Names must be unique, because
+    otherwise ``image_topic`` must name it, or ``every_image_topic`` opens one
+    sequence per image topic (for inspection). Names must be unique, because
     annotations and splits refer to sequences by name.
     """
     if isinstance(paths, str | Path):
@@ -439,19 +466,20 @@ def open_sequences(paths: Iterable[str | Path] | str | Path, image_topic: str | 
         path = Path(raw).expanduser()
         if not path.exists():
             raise DataError(f"{path}: no such file or directory")
-        for seq in _open_path(path, image_topic, top=True):
-            key = seq.source.resolve()
+        for seq in _open_path(path, image_topic, True, every_image_topic):
+            key = (seq.source.resolve(), seq.topic)
             if key not in seen:
                 seen.add(key)
                 sequences.append(seq)
-    by_name: dict[str, Sequence] = {}
+    by_name: dict[tuple[str, str | None], Sequence] = {}
     for seq in sequences:
-        if seq.name in by_name:
+        key = (seq.name, seq.topic if every_image_topic else None)
+        if key in by_name:
             raise DataError(
-                f"{seq.source}: sequence name {seq.name!r} is also used by {by_name[seq.name].source}; "
+                f"{seq.source}: sequence name {seq.name!r} is also used by {by_name[key].source}; "
                 "names must be unique (annotations and splits refer to sequences by name)"
             )
-        by_name[seq.name] = seq
+        by_name[key] = seq
     if not sequences:
         raise DataError("no input paths given")
     return sequences

@@ -341,8 +341,14 @@ def config_from_saved(
 
 
 def checkpoint_config(checkpoint: dict, source: str = "checkpoint"):
-    """The typed config a checkpoint was trained with (see :func:`config_from_saved`)."""
-    return config_from_saved(checkpoint["kind"], checkpoint["config"], source)
+    """The typed config a checkpoint was made with, for evaluating it.
+
+    Missing keys take the defaults without a warning: checkpoints written for
+    export alone (tests, benchmarks) hold only the ``model`` and ``data``
+    sections, and an encoder whose weights do not fit is refused anyway when
+    they are loaded. Resuming a run warns (:func:`config_from_saved`).
+    """
+    return config_from_saved(checkpoint["kind"], checkpoint["config"], source, warn=False)
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:

@@ -23,7 +23,8 @@ def add_parser(subparsers) -> None:
             "(resolved), last.pt, best.pt (lowest val loss, or lowest training-loss EMA without a val split) "
             "tb/ (TensorBoard scalars and images) and images/ (the example images as PNG). Running it again on the same RUN resumes exactly from "
             "last.pt; only --steps, --max-minutes and logging settings may change then. Ctrl-C/SIGTERM "
-            "stop cleanly with a checkpoint. Multi-process: torchrun --nproc_per_node N $(which kp-perception) "
+            "stop cleanly with a checkpoint and exit with 130/143 (128 + the signal number; 0 when the run "
+            "finished or --max-minutes ran out). Multi-process: torchrun --nproc_per_node N $(which kp-perception) "
             "train ... (gloo on CPU, NCCL on GPU)."
         ),
     )
@@ -94,4 +95,19 @@ def run(args: argparse.Namespace) -> int:
     )
     if summary["rank"] == 0:  # under torchrun, one summary line
         print(summary_line(summary))
-    return 0
+    return exit_status(summary["stopped"])
+
+
+def exit_status(stopped: str) -> int:
+    """0 for a finished run or a spent --max-minutes budget; 128 + the signal's number for SIGINT/SIGTERM.
+
+    A script can then tell a run that was stopped (130, 143: the shell's convention
+    for a process ended by that signal) from one that reached its end; both leave
+    ``last.pt`` written, and rerunning the command resumes.
+    """
+    import signal
+
+    if not stopped.startswith("signal "):
+        return 0
+    name = stopped.split()[1]
+    return 128 + (signal.Signals[name].value if name in signal.Signals.__members__ else signal.SIGTERM.value)

@@ -1,6 +1,6 @@
 """The ground-truth keypoint annotations CSV: one writer (the simulator) and one reader (evaluation).
 
-Format (design.md's header plus a visibility column)::
+Format (the header ``sequence,frame,name,x,y`` plus a visibility column)::
 
     sequence,frame,name,x,y,visible
     episode_000,0,arm/panda_link4,61.250,20.875,1
@@ -16,7 +16,7 @@ Format (design.md's header plus a visibility column)::
   lie outside the frame; they are then not visible.
 - ``visible``: 1 when the point is seen in the frame, 0 when occluded or off
   screen, so evaluation can leave it out. Optional when reading: a file with
-  design.md's five-column header reads as all visible.
+  the five-column header (no ``visible``) reads as all visible.
 """
 
 from __future__ import annotations
@@ -60,34 +60,40 @@ def read_annotations(path: str | Path) -> list[Annotation]:
     """Read an annotations CSV; any malformed row raises DataError naming the file and line."""
     path = Path(path)
     try:
-        f = open(path, newline="")
+        f = open(path, newline="", encoding="utf-8")
     except OSError as exc:
         raise DataError(f"{path}: cannot read annotations ({exc.strerror or exc})") from None
-    with f:
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or []
-        missing = [c for c in _REQUIRED if c not in fields]
-        if missing:
-            raise DataError(
-                f"{path}: not an annotations CSV, missing column(s) {', '.join(missing)} "
-                f"(expected header {','.join(HEADER)})"
-            )
-        out = []
-        for row in reader:
-            try:
-                visible = row.get("visible")
-                out.append(
-                    Annotation(
-                        sequence=row["sequence"],
-                        frame=int(row["frame"]),
-                        name=row["name"],
-                        x=float(row["x"]),
-                        y=float(row["y"]),
-                        visible=True if visible in (None, "") else _parse_bool(visible),
-                    )
+    try:
+        with f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames or []
+            missing = [c for c in _REQUIRED if c not in fields]
+            if missing:
+                raise DataError(
+                    f"{path}: not an annotations CSV, missing column(s) {', '.join(missing)} "
+                    f"(expected header {','.join(HEADER)})"
                 )
-            except (TypeError, ValueError) as exc:
-                raise DataError(f"{path}:{reader.line_num}: bad annotation row ({exc})") from None
+            out = []
+            for row in reader:
+                try:
+                    visible = row.get("visible")
+                    out.append(
+                        Annotation(
+                            sequence=row["sequence"],
+                            frame=int(row["frame"]),
+                            name=row["name"],
+                            x=float(row["x"]),
+                            y=float(row["y"]),
+                            visible=True if visible in (None, "") else _parse_bool(visible),
+                        )
+                    )
+                except (TypeError, ValueError) as exc:
+                    raise DataError(f"{path}:{reader.line_num}: bad annotation row ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); "
+            f"expected an annotations CSV with the header {','.join(HEADER)}"
+        ) from None
     return out
 
 
