@@ -1,7 +1,8 @@
-"""Writing image streams to rosbag2 (mcap or sqlite3) with rosbags, no ROS install needed.
+"""Writing rosbag2 files (mcap or sqlite3) with rosbags, no ROS install needed: the one bag writer.
 
-Used by tests (round trips against the reader), benchmarks (synthetic bags)
-and the simulator. Messages are built from the same conversion module the
+Used by tests (round trips against the reader), benchmarks (synthetic bags),
+the simulator and the demo (what a node published, as the CDR bytes it sent,
+with the ``kp_perception_msgs`` types registered from their ``.msg`` files). Messages are built from the same conversion module the
 reader uses (``kp_perception.image_conversion``), so a frame written here and
 read back by ``kp_perception.sequences`` goes through one pair of functions.
 """
@@ -23,20 +24,44 @@ COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 STORAGES = ("mcap", "sqlite3")
 
 
-def _typestore():
-    from rosbags.typesys import Stores, get_typestore
+def typestore(kp_msgs: bool = False):
+    """The rosbags typestore (ROS 2 Kilted); ``kp_msgs`` also registers ``kp_perception_msgs`` from its .msg files.
 
-    return get_typestore(Stores.ROS2_KILTED)
+    The .msg files are the installed interface package's (``share/kp_perception_msgs/msg`` under the
+    interpreter's prefix or ``AMENT_PREFIX_PATH``), else this package's copy.
+    """
+    import os
+    import sys
+
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    from kp_perception.resources import share_path
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    if not kp_msgs:
+        return store
+    prefixes = [sys.prefix, *os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)]
+    candidates = [Path(p) / "share" / "kp_perception_msgs" / "msg" for p in prefixes if p]
+    candidates.append(share_path("kp_perception_msgs", "msg"))
+    msg_dir = next((d for d in candidates if any(d.glob("*.msg"))), None)
+    if msg_dir is None:
+        raise DataError("kp_perception_msgs/msg/*.msg not found (run `make setup`)")
+    types: dict[str, Any] = {}
+    for path in sorted(msg_dir.glob("*.msg")):
+        types.update(get_types_from_msg(path.read_text(), f"kp_perception_msgs/msg/{path.stem}"))
+    store.register(types)
+    return store
 
 
 class BagWriter:
     """A rosbag2 being written; use as a context manager.
 
     ``storage`` is "mcap" or "sqlite3". The bag directory must not exist yet
-    (rosbags only creates new bags).
+    (rosbags only creates new bags). ``kp_msgs`` registers the
+    ``kp_perception_msgs`` types (see :func:`typestore`).
     """
 
-    def __init__(self, path: str | Path, storage: str = "mcap") -> None:
+    def __init__(self, path: str | Path, storage: str = "mcap", kp_msgs: bool = False) -> None:
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         if storage not in STORAGES:
@@ -45,7 +70,7 @@ class BagWriter:
         if self.path.exists():
             raise DataError(f"{self.path}: already exists; rosbag2 writers only create new bags")
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        self.typestore = _typestore()
+        self.typestore = typestore(kp_msgs)
         self._writer = Writer(self.path, version=Writer.VERSION_LATEST, storage_plugin=plugin)
         self._connections: dict[str, Any] = {}
 
@@ -75,8 +100,11 @@ class BagWriter:
 
     def write_message(self, topic: str, msgtype: str, msg: Any, stamp_ns: int) -> None:
         """Serialise any typestore message (e.g. a CameraInfo) onto ``topic``."""
-        conn = self.declare_topic(topic, msgtype)
-        self._writer.write(conn, int(stamp_ns), self.typestore.serialize_cdr(msg, msgtype))
+        self.write_cdr(topic, msgtype, self.typestore.serialize_cdr(msg, msgtype), stamp_ns)
+
+    def write_cdr(self, topic: str, msgtype: str, data: bytes, stamp_ns: int) -> None:
+        """Write an already serialised message (the CDR bytes a subscriber received with ``raw=True``)."""
+        self._writer.write(self.declare_topic(topic, msgtype), int(stamp_ns), bytes(data))
 
     def write_image(
         self,
