@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     from kp_perception.errors import KpPerceptionError
 
-    # Every participant, this one included, needs LARGE_DATA for 640x480 frames (environment.md).
+    # Every participant, this one included, needs LARGE_DATA for 640x480 frames (docs/troubleshooting.md).
     os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
     if args.role == "publisher":
         return _publisher(args.rate, args.warmup + args.seconds)
