@@ -12,16 +12,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
 from kp_perception.checkpoint import load_checkpoint, save_checkpoint
+from test.fixtures_bags import write_square_sequence
 from test.model_fixtures import make_checkpoint, make_model
+from test.test_trainer import sigterm_once_training
 
 CLI = [sys.executable, "-m", "kp_perception.cli.main"]
 TINY_KEYNET = ["data.image_size=32", "model.keypoints_per_level=[4]", "model.width=8", "model.fpn_channels=8",
@@ -45,18 +45,9 @@ def _one_line_failure(proc: subprocess.CompletedProcess, *fragments: str) -> str
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory) -> Path:
-    """An image folder of a square moving over a dark background, 32×32, with its annotations."""
+    """``squares/`` (a moving square, 32×32) and its ``annotations.csv``."""
     root = tmp_path_factory.mktemp("frames")
-    folder = root / "squares"
-    folder.mkdir()
-    rows = ["sequence,frame,name,x,y"]
-    for t in range(8):
-        img = np.full((32, 32, 3), 30, np.uint8)
-        x, y = 3 + 3 * t, 4 + 2 * t
-        img[y : y + 6, x : x + 6] = (240, 200, 60)
-        cv2.imwrite(str(folder / f"{t:04d}.png"), img)
-        rows.append(f"squares,{t},square,{x + 2.5},{y + 2.5}")
-    (root / "annotations.csv").write_text("\n".join(rows) + "\n")
+    write_square_sequence(root)
     return root
 
 
@@ -144,18 +135,7 @@ def test_train_stopped_by_sigterm_exits_143_after_writing_last_pt(frames, tmp_pa
     cmd = [*CLI, "train", "keynet", "--data", str(frames / "squares"), "--out", str(run), "--steps", "1000000",
            "--no-progress", "--set", *TINY_KEYNET, "train.checkpoint_every=1000000"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "KP_PERCEPTION_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while not list((run / "tb").glob("events.*")) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        time.sleep(1.0)  # a few steps in
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    proc, stdout, stderr = sigterm_once_training(cmd, run, env, wait=180)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     summary = stdout.strip().splitlines()[-1]
     assert '"stopped": "signal SIGTERM"' in summary

@@ -342,16 +342,14 @@ def test_torchrun_two_gloo_ranks_hold_identical_weights(tmp_path):
         ckpt["training"]["method"]["encoder.0.weight"]).any()
 
 
-@pytest.mark.timeout(120)
-def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
-    out = tmp_path / "run"
-    cmd = [sys.executable, str(_script(tmp_path)), str(out),
-           '{"steps": 1000000, "checkpoint_every": 1000000, "log_every": 1}']
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+def sigterm_once_training(cmd: list[str], out: Path, env: dict[str, str], cwd: Path | None = None,
+                          wait: float = 90) -> tuple[subprocess.Popen, str, str]:
+    """Start ``cmd``, send SIGTERM a second after its TensorBoard log appears in ``out``; (process, stdout, stderr)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
-        while not list((out / "tb").glob("events.*")) and time.monotonic() < deadline:
+        deadline = time.monotonic() + wait
+        while not list((out / "tb").glob("events.*")) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
         time.sleep(1.0)  # a few steps in
         proc.send_signal(signal.SIGTERM)
@@ -359,6 +357,15 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    return proc, stdout, stderr
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(_script(tmp_path)), str(out),
+           '{"steps": 1000000, "checkpoint_every": 1000000, "log_every": 1}']
+    proc, stdout, stderr = sigterm_once_training(cmd, out, _env(), cwd=tmp_path)
     assert proc.returncode == 0, stderr[-3000:]
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["stopped"] == "signal SIGTERM" and summary["step"] >= 1

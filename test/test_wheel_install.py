@@ -24,9 +24,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+
+from test.fixtures_bags import write_square_sequence
 
 REPO = Path(__file__).resolve().parent.parent
 # What a source distribution would leave out: environments, build products, outputs.
@@ -42,22 +43,6 @@ def _run(cmd: list[str], cwd: Path, timeout: float = 300, **env: str) -> subproc
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **env})
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return proc
-
-
-def _frames(root: Path) -> tuple[Path, Path]:
-    """One image-folder sequence of a bright square moving over a dark background, and its annotations."""
-    folder = root / "squares"
-    folder.mkdir(parents=True)
-    rows = ["sequence,frame,name,x,y"]
-    for t in range(8):
-        img = np.full((32, 32, 3), 30, np.uint8)
-        x, y = 3 + 3 * t, 4 + 2 * t
-        img[y : y + 6, x : x + 6] = (240, 200, 60)
-        cv2.imwrite(str(folder / f"{t:04d}.png"), img)
-        rows.append(f"squares,{t},square,{x + 2.5},{y + 2.5}")
-    annotations = root / "annotations.csv"
-    annotations.write_text("\n".join(rows) + "\n")
-    return folder, annotations
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +99,7 @@ def test_installed_benchmarks_write_under_the_current_directory_not_site_package
 def test_installed_cli_trains_and_evaluates_from_outside_the_checkout(installed, tmp_path):
     cli = installed / "bin" / "kp-perception"
     assert cli.is_file(), sorted(p.name for p in (installed / "bin").iterdir())
-    folder, annotations = _frames(tmp_path / "data")
+    folder, annotations = write_square_sequence(tmp_path / "data")
     run_dir = tmp_path / "run"
     env = {"OMP_NUM_THREADS": "1", "KP_PERCEPTION_CACHE": str(tmp_path / "cache")}
     proc = _run([str(cli), "train", "pyramids", "--steps", "2", "--data", str(folder), "--out", str(run_dir),
