@@ -148,44 +148,29 @@ class BagSequence(Sequence):
 
     kind = "rosbag2"
 
-    def __init__(self, source: Path, image_topic: str | None = None, first_if_several: bool = False) -> None:
-        """``first_if_several``: with several image topics and no ``image_topic``, take the first
-        instead of refusing (inspection opens one sequence per topic)."""
+    def __init__(self, source: Path, image_topic: str | None = None) -> None:
         super().__init__(source, source.stem if source.is_file() else source.name)
         self._encoding: str | None = None
         self._stamps: list[int] | None = None
         with self._open() as reader:
             self.all_topics = {name: info.msgtype or "?" for name, info in reader.topics.items()}
             self.image_topics = sorted(t for t, typ in self.all_topics.items() if typ in IMAGE_TYPES)
-            self.topic = self._choose_topic(image_topic, first_if_several)
+            self.topic = self._choose_topic(image_topic)
             self.msgtype = self.all_topics[self.topic]
             self._length = sum(c.msgcount for c in reader.connections if c.topic == self.topic)
         if self._length == 0:
             raise DataError(f"{self.source}: image topic {self.topic} has no messages")
 
-    @contextmanager
     def _open(self):
         """An opened AnyReader, closed on exit; any failure to open becomes one DataError line."""
-        from rosbags.highlevel import AnyReader
-        from rosbags.typesys import Stores, get_typestore
+        return _open_rosbag(self.source)
 
-        try:
-            reader = AnyReader([self.source], default_typestore=get_typestore(Stores.ROS2_KILTED))
-            reader.open()
-        except Exception as exc:  # rosbags, apsw and OSError all mean "unreadable bag" here
-            hint = " (truncated or not an mcap file?)" if "magic" in str(exc) else ""
-            raise DataError(f"{self.source}: cannot read rosbag2: {_one_line(exc)}{hint}") from None
-        try:
-            yield reader
-        finally:
-            reader.close()
-
-    def _choose_topic(self, image_topic: str | None, first_if_several: bool = False) -> str:
+    def _choose_topic(self, image_topic: str | None) -> str:
         found = ", ".join(f"{t} ({typ})" for t, typ in sorted(self.all_topics.items())) or "none"
         if not self.image_topics:
             raise DataError(f"{self.source}: no sensor_msgs/Image or CompressedImage topic; topics found: {found}")
         if image_topic is None:
-            if len(self.image_topics) > 1 and not first_if_several:
+            if len(self.image_topics) > 1:
                 raise DataError(
                     f"{self.source}: several image topics ({', '.join(self.image_topics)}); "
                     "choose one with --image-topic"
@@ -254,6 +239,24 @@ class BagSequence(Sequence):
         if self.source.is_file():
             return [self.source]
         return sorted(p for p in self.source.iterdir() if p.is_file())
+
+
+@contextmanager
+def _open_rosbag(source: Path):
+    """An opened rosbags AnyReader of ``source``, closed on exit; a failure to open is one DataError line."""
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    try:
+        reader = AnyReader([source], default_typestore=get_typestore(Stores.ROS2_KILTED))
+        reader.open()
+    except Exception as exc:  # rosbags, apsw and OSError all mean "unreadable bag" here
+        hint = " (truncated or not an mcap file?)" if "magic" in str(exc) else ""
+        raise DataError(f"{source}: cannot read rosbag2: {_one_line(exc)}{hint}") from None
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 def _message_encoding(msg) -> str:
@@ -400,10 +403,13 @@ def _is_multi_object_dir(path: Path) -> bool:
 
 
 def _bag_sequences(path: Path, image_topic: str | None, every_image_topic: bool) -> list[Sequence]:
-    if not every_image_topic or image_topic is not None:
-        return [BagSequence(path, image_topic)]
-    first = BagSequence(path, first_if_several=True)
-    return [first, *(BagSequence(path, topic) for topic in first.image_topics if topic != first.topic)]
+    """The bag's sequence; with ``every_image_topic`` (and no ``image_topic``), one per image topic."""
+    if every_image_topic and image_topic is None:
+        with _open_rosbag(path) as reader:
+            topics = sorted(t for t, info in reader.topics.items() if info.msgtype in IMAGE_TYPES)
+        if len(topics) > 1:
+            return [BagSequence(path, topic) for topic in topics]
+    return [BagSequence(path, image_topic)]
 
 
 def _open_path(path: Path, image_topic: str | None, top: bool, every_image_topic: bool = False) -> list[Sequence]:
@@ -447,6 +453,9 @@ def open_sequences(
 ) -> list[Sequence]:
     """Open every sequence under ``paths``.
 
+    ``every_image_topic`` (inspection): a bag with several image topics gives one
+    sequence per topic instead of needing ``image_topic``.
+
     A path may be a rosbag2 directory (metadata.yaml + .mcap/.db3), a single
     .mcap or .db3 file, a video file, a folder of images (sorted by name), a
     multi-object dataset folder (its images/), or a folder holding any of
@@ -454,8 +463,7 @@ def open_sequences(
     episode_000/, episode_001/ bags beside annotations.csv).
 
     The image topic is chosen automatically when a bag has exactly one;
-    otherwise ``image_topic`` must name it, or ``every_image_topic`` opens one
-    sequence per image topic (for inspection). Names must be unique, because
+    otherwise ``image_topic`` must name it. Names must be unique, because
     annotations and splits refer to sequences by name.
     """
     if isinstance(paths, str | Path):

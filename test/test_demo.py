@@ -104,10 +104,10 @@ def test_output_bag_decodes_offline_with_rosbags(demo_run):
     from rosbags.rosbag2 import Reader
 
     from kp_perception.sidecar import read_sidecar, sidecar_path
-    from kp_perception_training.data.bag_writer import typestore
+    from kp_perception_training.data.bag_writer import kp_typestore
 
     out, summary, _ = demo_run
-    store = typestore(kp_msgs=True)
+    store = kp_typestore()
     sidecar = read_sidecar(sidecar_path(MODEL))
     with Reader(out / "node_output") as reader:
         topics = {c.topic: c.msgtype for c in reader.connections}
@@ -155,7 +155,7 @@ def test_tusk_demo_publishes_prototype_detections(tmp_path):
     from rosbags.rosbag2 import Reader
 
     from kp_perception.sidecar import read_sidecar, sidecar_path
-    from kp_perception_training.data.bag_writer import typestore
+    from kp_perception_training.data.bag_writer import kp_typestore
 
     model = REPO / "models" / "tusk.onnx"
     if not model.is_file():
@@ -167,7 +167,7 @@ def test_tusk_demo_publishes_prototype_detections(tmp_path):
     assert summary["frames_received"] >= 9 and summary["node_exit_code"] == 0
     assert iio.imread(out / "keypoints.gif", index=None).shape[0] == summary["frames_received"]
     sidecar = read_sidecar(sidecar_path(model))
-    store = typestore(kp_msgs=True)
+    store = kp_typestore()
     with Reader(out / "node_output") as reader:
         conns = [c for c in reader.connections if c.topic == "/detections"]
         msgs = [store.deserialize_cdr(data, c.msgtype) for c, _, data in reader.messages(connections=conns)]

@@ -46,14 +46,15 @@ def run(args: argparse.Namespace) -> int:
     if args.onnx.suffix.lower() != ".onnx":
         raise ConfigError(f"--onnx {args.onnx}: expected a .onnx file name")
 
-    from kp_perception.atomic import check_writable
     from kp_perception_training.export import export_checkpoint, resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.run, args.checkpoint)
+    print(f"exporting {checkpoint} -> {args.onnx}", flush=True)
+    from kp_perception.atomic import check_writable
+
     for output in (args.onnx, args.onnx.with_suffix(".json"), args.engine):
         if output is not None:
-            check_writable(output)
-    print(f"exporting {checkpoint} -> {args.onnx}", flush=True)
+            check_writable(output)  # an unwritable place fails now, not after the export
     result = export_checkpoint(
         checkpoint,
         args.onnx,

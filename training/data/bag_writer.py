@@ -2,7 +2,7 @@
 
 Used by tests (round trips against the reader), benchmarks (synthetic bags),
 the simulator and the demo (what a node published, as the CDR bytes it sent,
-with the ``kp_perception_msgs`` types registered from their ``.msg`` files). Messages are built from the same conversion module the
+with the ``kp_perception_msgs`` types of :func:`kp_typestore`). Messages are built from the same conversion module the
 reader uses (``kp_perception.image_conversion``), so a frame written here and
 read back by ``kp_perception.sequences`` goes through one pair of functions.
 """
@@ -24,33 +24,10 @@ COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 STORAGES = ("mcap", "sqlite3")
 
 
-def typestore(kp_msgs: bool = False):
-    """The rosbags typestore (ROS 2 Kilted); ``kp_msgs`` also registers ``kp_perception_msgs`` from its .msg files.
+def _typestore():
+    from rosbags.typesys import Stores, get_typestore
 
-    The .msg files are the installed interface package's (``share/kp_perception_msgs/msg`` under the
-    interpreter's prefix or ``AMENT_PREFIX_PATH``), else this package's copy.
-    """
-    import os
-    import sys
-
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
-    from kp_perception.resources import share_path
-
-    store = get_typestore(Stores.ROS2_KILTED)
-    if not kp_msgs:
-        return store
-    prefixes = [sys.prefix, *os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)]
-    candidates = [Path(p) / "share" / "kp_perception_msgs" / "msg" for p in prefixes if p]
-    candidates.append(share_path("kp_perception_msgs", "msg"))
-    msg_dir = next((d for d in candidates if any(d.glob("*.msg"))), None)
-    if msg_dir is None:
-        raise DataError("kp_perception_msgs/msg/*.msg not found (run `make setup`)")
-    types: dict[str, Any] = {}
-    for path in sorted(msg_dir.glob("*.msg")):
-        types.update(get_types_from_msg(path.read_text(), f"kp_perception_msgs/msg/{path.stem}"))
-    store.register(types)
-    return store
+    return get_typestore(Stores.ROS2_KILTED)
 
 
 class BagWriter:
@@ -58,7 +35,7 @@ class BagWriter:
 
     ``storage`` is "mcap" or "sqlite3". The bag directory must not exist yet
     (rosbags only creates new bags). ``kp_msgs`` registers the
-    ``kp_perception_msgs`` types (see :func:`typestore`).
+    ``kp_perception_msgs`` types (:func:`kp_typestore`).
     """
 
     def __init__(self, path: str | Path, storage: str = "mcap", kp_msgs: bool = False) -> None:
@@ -70,7 +47,7 @@ class BagWriter:
         if self.path.exists():
             raise DataError(f"{self.path}: already exists; rosbag2 writers only create new bags")
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        self.typestore = typestore(kp_msgs)
+        self.typestore = kp_typestore() if kp_msgs else _typestore()
         self._writer = Writer(self.path, version=Writer.VERSION_LATEST, storage_plugin=plugin)
         self._connections: dict[str, Any] = {}
 
@@ -100,11 +77,8 @@ class BagWriter:
 
     def write_message(self, topic: str, msgtype: str, msg: Any, stamp_ns: int) -> None:
         """Serialise any typestore message (e.g. a CameraInfo) onto ``topic``."""
-        self.write_cdr(topic, msgtype, self.typestore.serialize_cdr(msg, msgtype), stamp_ns)
-
-    def write_cdr(self, topic: str, msgtype: str, data: bytes, stamp_ns: int) -> None:
-        """Write an already serialised message (the CDR bytes a subscriber received with ``raw=True``)."""
-        self._writer.write(self.declare_topic(topic, msgtype), int(stamp_ns), bytes(data))
+        conn = self.declare_topic(topic, msgtype)
+        self._writer.write(conn, int(stamp_ns), self.typestore.serialize_cdr(msg, msgtype))
 
     def write_image(
         self,
@@ -137,6 +111,10 @@ class BagWriter:
         )
         self.write_message(topic, COMPRESSED_TYPE, msg, stamp_ns)
 
+    def write_cdr(self, topic: str, msgtype: str, data: bytes, stamp_ns: int) -> None:
+        """Write an already serialised message (the CDR bytes a subscriber received with ``raw=True``)."""
+        self._writer.write(self.declare_topic(topic, msgtype), int(stamp_ns), bytes(data))
+
 
 def write_image_bag(
     path: str | Path,
@@ -161,3 +139,30 @@ def write_image_bag(
             else:
                 bag.write_image(topic, frame, stamp, encoding=encoding)
     return Path(path)
+
+
+def kp_typestore():
+    """The rosbags typestore (ROS 2 Kilted) with ``kp_perception_msgs`` registered from its .msg files.
+
+    The .msg files are the installed interface package's (``share/kp_perception_msgs/msg`` under the
+    interpreter's prefix or ``AMENT_PREFIX_PATH``), else this package's copy.
+    """
+    import os
+    import sys
+
+    from rosbags.typesys import get_types_from_msg
+
+    from kp_perception.resources import share_path
+
+    prefixes = [sys.prefix, *os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)]
+    candidates = [Path(p) / "share" / "kp_perception_msgs" / "msg" for p in prefixes if p]
+    candidates.append(share_path("kp_perception_msgs", "msg"))
+    msg_dir = next((d for d in candidates if any(d.glob("*.msg"))), None)
+    if msg_dir is None:
+        raise DataError("kp_perception_msgs/msg/*.msg not found (run `make setup`)")
+    store = _typestore()
+    types: dict[str, Any] = {}
+    for path in sorted(msg_dir.glob("*.msg")):
+        types.update(get_types_from_msg(path.read_text(), f"kp_perception_msgs/msg/{path.stem}"))
+    store.register(types)
+    return store

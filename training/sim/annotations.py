@@ -59,41 +59,36 @@ def write_annotations(path: str | Path, annotations: Iterable[Annotation]) -> in
 def read_annotations(path: str | Path) -> list[Annotation]:
     """Read an annotations CSV; any malformed row raises DataError naming the file and line."""
     path = Path(path)
+    _require_utf8(path)
     try:
         f = open(path, newline="", encoding="utf-8")
     except OSError as exc:
         raise DataError(f"{path}: cannot read annotations ({exc.strerror or exc})") from None
-    try:
-        with f:
-            reader = csv.DictReader(f)
-            fields = reader.fieldnames or []
-            missing = [c for c in _REQUIRED if c not in fields]
-            if missing:
-                raise DataError(
-                    f"{path}: not an annotations CSV, missing column(s) {', '.join(missing)} "
-                    f"(expected header {','.join(HEADER)})"
-                )
-            out = []
-            for row in reader:
-                try:
-                    visible = row.get("visible")
-                    out.append(
-                        Annotation(
-                            sequence=row["sequence"],
-                            frame=int(row["frame"]),
-                            name=row["name"],
-                            x=float(row["x"]),
-                            y=float(row["y"]),
-                            visible=True if visible in (None, "") else _parse_bool(visible),
-                        )
+    with f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        missing = [c for c in _REQUIRED if c not in fields]
+        if missing:
+            raise DataError(
+                f"{path}: not an annotations CSV, missing column(s) {', '.join(missing)} "
+                f"(expected header {','.join(HEADER)})"
+            )
+        out = []
+        for row in reader:
+            try:
+                visible = row.get("visible")
+                out.append(
+                    Annotation(
+                        sequence=row["sequence"],
+                        frame=int(row["frame"]),
+                        name=row["name"],
+                        x=float(row["x"]),
+                        y=float(row["y"]),
+                        visible=True if visible in (None, "") else _parse_bool(visible),
                     )
-                except (TypeError, ValueError) as exc:
-                    raise DataError(f"{path}:{reader.line_num}: bad annotation row ({exc})") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); "
-            f"expected an annotations CSV with the header {','.join(HEADER)}"
-        ) from None
+                )
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"{path}:{reader.line_num}: bad annotation row ({exc})") from None
     return out
 
 
@@ -114,3 +109,16 @@ def _parse_bool(text: str) -> bool:
     if value in ("0", "false", "no"):
         return False
     raise ValueError(f"visible must be 0 or 1, got {text!r}")
+
+
+def _require_utf8(path: Path) -> None:
+    """A file that is not UTF-8 text (a binary, a UTF-16 export) is one DataError, not a decode traceback."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except OSError:
+        return  # open() below reports it
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); "
+            f"expected an annotations CSV with the header {','.join(HEADER)}"
+        ) from None
