@@ -34,12 +34,15 @@ from typing import Any
 
 import numpy as np
 
+from kp_perception.kinds import KIND_NAMES
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kinds", nargs="+", default=["pyramids", "tusk"],
-                        choices=("pyramids", "keynet", "transporter", "tusk"))
+                        choices=KIND_NAMES)
     parser.add_argument("--image-size", type=int, default=128, help="square model input size for every kind")
-    parser.add_argument("--pyramids-config", default="pyramids", help="training config name/path for hierarchy kinds")
+    parser.add_argument("--pyramids-config", default="pyramids",
+                        help="training config name/path for pyramid kinds (default: the kind's defaults)")
     parser.add_argument("--tusk-config", default="tusk_tetrominoes", help="training config name/path for tusk")
     parser.add_argument("--iters", type=int, default=200, help="timed calls per backend and measurement")
     parser.add_argument("--warmup", type=int, default=20)
@@ -49,15 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_config(kind: str, name: str) -> tuple[dict[str, Any], str]:
-    """Model kwargs from the training config, or the encoder defaults when that config does not exist."""
-    from kp_perception.errors import KpPerceptionError
+    """The ``model`` section of the training config ``name`` (a config name or path) for ``kind``."""
+    from kp_perception_training.config import load_config
 
-    try:
-        from kp_perception_training.config import load_config
-
-        return dict(load_config(name)["model"]), name
-    except (KpPerceptionError, FileNotFoundError, KeyError, ImportError):
-        return {}, f"{kind} encoder defaults ({name} not found)"
+    return load_config(kind, name).to_dict()["model"], name
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:

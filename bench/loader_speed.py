@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from kp_perception.kinds import PYRAMID_KINDS
+from kp_perception_bench._outputs import work_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", nargs="*", help="training data (default: simulate 4 tabletop episodes into --work)")
-    parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench_loader")
-    parser.add_argument("--kind", default="pyramids", choices=("pyramids", "keynet", "transporter"))
+    parser.add_argument("--work", type=Path, default=work_dir("bench_loader"))
+    parser.add_argument("--kind", default="pyramids", choices=PYRAMID_KINDS)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10, help="steps per round and side")
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  f"model.finest_stride={paper_finest_stride(args.size)}"]  # the quality benchmark's step
     if not args.paper_model:
         overrides += preset_for(args.kind)
-    config = load_config(args.kind, overrides)
+    config = load_config(args.kind, overrides=overrides)
     cls = resolve_method(args.kind)
     train_ds, _ = cls.build_datasets(config, _data(args))
     torch.manual_seed(0)

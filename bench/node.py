@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=128, help="model input size when building one")
     parser.add_argument("--architecture", choices=["cpu", "paper"], default="cpu",
                         help="widths when building a model: 'cpu' = the CPU preset the quality bench and the "
-                        "shipped model use (FPN width 16, 32 channels), 'paper' = config/training/pyramids.yaml")
+                        "shipped model use (FPN width 16, 32 channels), 'paper' = the paper's widths (training/pyramids/config.py)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds discarded at the start of each run")
     parser.add_argument("--rates", type=float, nargs="+", default=[30.0, 60.0], help="input rates (Hz)")
@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     from kp_perception.errors import KpPerceptionError
 
-    # Every participant, this one included, needs LARGE_DATA for 640x480 frames (environment.md).
+    # Every participant, this one included, needs LARGE_DATA for 640x480 frames (docs/troubleshooting.md).
     os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
     if args.role == "publisher":
         return _publisher(args.rate, args.warmup + args.seconds)

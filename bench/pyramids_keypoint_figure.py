@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from kp_perception.errors import KpPerceptionError
+from kp_perception_bench._outputs import docs_path, work_dir
 
-ROOT = Path(__file__).resolve().parent.parent
 TITLES = {"pyramids": "Keypoint Pyramids (10+20)", "transporter30": "Transporter-30", "keynet30": "KeyNet-30"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runs", type=Path, default=ROOT / "build" / "bench_pyramids" / "runs")
+    parser.add_argument("--runs", type=Path, default=work_dir("bench_pyramids") / "runs")
     parser.add_argument("--suffix", default="s0_64px_600st",
                         help="run directory name after '<method>_' (default: seed 0 of an untagged default bench run)")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "pyramids_vs_flat_keypoints.png")
+    parser.add_argument("--out", type=Path, default=docs_path("images", "pyramids_vs_flat_keypoints.png"))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

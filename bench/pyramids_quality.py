@@ -12,7 +12,7 @@ of docs/results.md, and checks the issue's goal:
 both on the mean over seeds.
 
 Default (CPU): 64×64 images, 40 train + 20 test episodes of 30 frames, the CPU model
-preset documented in config/training/pyramids.yaml, lr 1e-3 for every method, 600 steps,
+preset documented in training/pyramids/config.py, lr 1e-3 for every method, 600 steps,
 3 seeds, one torch thread per run. Every method's FPN keeps the paper's map sizes
 (finest 32×32, so level 1 of the pyramid is 16×16) whatever the image size:
 ``model.finest_stride`` = size / 32, i.e. 2 at 64 px, the YAML's 4 at 128 px
@@ -36,15 +36,12 @@ from typing import Any
 import numpy as np
 
 from kp_perception.errors import KpPerceptionError
-from kp_perception_bench._doc_block import write_block
+from kp_perception_bench._outputs import docs_path, results_dir, update_results_doc, work_dir
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-DOC = ROOT / "docs" / "results.md"
 SECTION = "## Keypoint Pyramids"
 BEGIN, END = "<!-- Pyramids table: begin (bench/pyramids_quality.py) -->", "<!-- Pyramids table: end -->"
 
-# The CPU preset (documented in config/training/pyramids.yaml); --paper leaves the YAML sizes.
+# The CPU preset (documented in training/pyramids/config.py); --paper keeps the paper's sizes.
 CPU_PRESET = [
     "model.width=16",
     "model.fpn_channels=32",
@@ -83,19 +80,14 @@ def paper_finest_stride(size: int) -> int:
 
 def preset_for(kind: str) -> list[str]:
     """The CPU preset restricted to the keys the kind's config has (KeyNet has no feature encoder, ...)."""
-    from kp_perception_training.config import load_config
+    from kp_perception_training.config import config_class, flatten
 
-    config = load_config(kind)
-    out = []
-    for item in CPU_PRESET:
-        section, key = item.split("=")[0].split(".")
-        if key in config.get(section, {}):
-            out.append(item)
-    return out
+    keys = flatten(config_class(kind)().to_dict())
+    return [item for item in CPU_PRESET if item.split("=")[0] in keys]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench_pyramids",
+    parser.add_argument("--work", type=Path, default=work_dir("bench_pyramids"),
                         help="data, runs and caches go here; existing data and finished runs are reused")
     parser.add_argument("--paper", action="store_true", help="paper setting: 128x128, 450 episodes, paper model, lr 1e-4 (GPU)")
     parser.add_argument("--size", type=int, help="image size (default 64, --paper 128)")
@@ -114,7 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch threads per run (1: on a shared 2-core CPU more threads thrash; 0 = torch default)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: the trainer's choice")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/results.md")
-    parser.add_argument("--tag", default="", help="suffix of the result files (e.g. quick)")
+    parser.add_argument("--tag", default="", help="suffix of the result files, e.g. ablation_no_spring "
+                        "(bench/results/pyramids_quality_<tag>.json)")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="no training: combine the runs of earlier result JSONs (e.g. one process per method)")
 
@@ -174,10 +167,11 @@ def _table(runs: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
 
 def _write(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     tag = f"_{args.tag}" if args.tag else ""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"pyramids_quality{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    results = results_dir()
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"pyramids_quality{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = _markdown(result)
-    (RESULTS / f"pyramids_quality{tag}.md").write_text(markdown)
+    (results / f"pyramids_quality{tag}.md").write_text(markdown)
     if not args.no_doc:
         _update_doc(markdown)
     return result
@@ -336,8 +330,9 @@ def _markdown(result: dict) -> str:
 
 def _update_doc(markdown: str) -> None:
     """Replace the generated table between the markers in docs/results.md; the prose around it stays."""
-    heading = "" if DOC.is_file() and BEGIN in DOC.read_text() else f"{SECTION}\n\n"
-    write_block(DOC, BEGIN, END, f"{BEGIN}\n{heading}{markdown.rstrip()}\n{END}\n")
+    doc = docs_path("results.md")
+    heading = "" if doc.is_file() and BEGIN in doc.read_text() else f"{SECTION}\n\n"
+    update_results_doc(BEGIN, END, f"{BEGIN}\n{heading}{markdown.rstrip()}\n{END}\n")
 
 
 if __name__ == "__main__":

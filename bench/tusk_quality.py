@@ -32,11 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from kp_perception_bench._doc_block import write_block
+from kp_perception_bench._outputs import results_dir, update_results_doc, work_dir
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-DOC = ROOT / "docs" / "results.md"
 BEGIN, END = "<!-- TUSK results: begin (bench/tusk_quality.py) -->", "<!-- TUSK results: end -->"
 
 # The paper's numbers (TUSK, NeurIPS 2022), in [0, 1].
@@ -65,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="extra config overrides")
     parser.add_argument("--gpu-full", action="store_true", help="the paper's full setting on CUDA")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/results.md")
+    parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/results.md")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--fresh", action="store_true",
                         help="drop the other datasets' results from bench/results/tusk_quality.json "
@@ -217,7 +214,7 @@ def _merge(previous: list[dict], new: list[dict]) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    work = args.workdir or ROOT / "build" / "tusk_quality"
+    work = args.workdir or work_dir("tusk_quality")
     work.mkdir(parents=True, exist_ok=True)
     results = []
     for name in args.datasets:
@@ -227,14 +224,15 @@ def run(args: argparse.Namespace) -> dict:
                    "gpu_full": args.gpu_full, "load_before": load_before,
                    "load_after": round(os.getloadavg()[0], 1), "date": time.strftime("%Y-%m-%d")}
         results.append(result)
-    path = RESULTS / "tusk_quality.json"
+    results_folder = results_dir()
+    path = results_folder / "tusk_quality.json"
     previous = [] if args.fresh or not path.is_file() else json.loads(path.read_text()).get("results", [])
     report = {"benchmark": "tusk_quality", "results": _merge(previous, results)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results_folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
-    _plot(report["results"], RESULTS / "tusk_quality.png")
-    if not args.no_docs:
-        write_block(DOC, BEGIN, END, _markdown(report))
+    _plot(report["results"], results_folder / "tusk_quality.png")
+    if not args.no_doc:
+        update_results_doc(BEGIN, END, _markdown(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return report

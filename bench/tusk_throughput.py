@@ -50,14 +50,17 @@ def _build(args: argparse.Namespace):
     from kp_perception_training.config import load_config
     from kp_perception_training.tusk.method import TuskMethod
 
-    overrides = [f"data.image_size={args.image_size}", f"prototypes.steps={args.prototype_steps}"]
+    overrides = [
+        f"data.image_size={args.image_size}",
+        f"prototypes.steps={args.prototype_steps}",
+        # The NMS window scales with the image (27 px at 112 px in the reference).
+        f"model.nms_window={max(3, (27 * args.image_size // 112) | 1)}",
+        # So does the sprite (21 px at the preset's 35 px: 67 px at 112 px).
+        f"decoder.rgba.sprite_px={max(3, (21 * args.image_size // 35) | 1)}",
+    ]
     if args.precision != "preset":
         overrides.append(f"train.cpu_bf16={'true' if args.precision == 'bf16' else 'false'}")
-    config = load_config("tusk_tetrominoes", overrides)
-    # The NMS window scales with the image (27 px at 112 px in the reference).
-    config["model"]["nms_window"] = max(3, (27 * args.image_size // 112) | 1)
-    # So does the sprite (21 px at the preset's 35 px: 67 px at 112 px).
-    config["decoder"]["rgba"]["sprite_px"] = max(3, (21 * args.image_size // 35) | 1)
+    config = load_config("tusk", "tusk_tetrominoes", overrides)
     torch.manual_seed(args.seed)
     method = TuskMethod(config)
     return method, method.configure_optimizers()
@@ -67,10 +70,9 @@ def _autocast(method):
     """The trainer's autocast for this method's config on CPU (bfloat16 when train.cpu_bf16)."""
     import torch
 
-    from kp_perception_training.config import train_settings
     from kp_perception_training.trainer import training_autocast
 
-    return training_autocast(train_settings(method.config), torch.device("cpu"))
+    return training_autocast(method.config.train, torch.device("cpu"))
 
 
 def _main_step(method, optimizers, batch) -> dict:
@@ -153,7 +155,7 @@ def run(args: argparse.Namespace) -> dict:
         "batch": args.batch,
         "prototype_steps": args.prototype_steps,
         "torch_threads": torch.get_num_threads(),
-        "precision": "bf16" if method.config["train"].get("cpu_bf16") else "fp32",
+        "precision": "bf16" if method.config.train.cpu_bf16 else "fp32",
         "allocator_retains_freed_memory": allocator_retains,
         "ours_images_per_s": round(ours_ips, 3),
         "reference_schedule_images_per_s": round(ref_ips, 3),

@@ -4,7 +4,7 @@ A checkpoint is a dict saved with ``torch.save``::
 
     {
       "format": "kp_perception.checkpoint", "format_version": 1,
-      "kind": "pyramids" | "keynet" | "transporter" | "tusk",
+      "kind": a kind of kp_perception.kinds (pyramids, keynet, transporter, tusk),
       "config": {...},             # resolved training config, plain YAML types
       "encoder": state_dict,       # the robot-side encoder (what export needs)
       "training": {...},           # everything else: decoders, optimisers, step, RNG states
@@ -22,10 +22,11 @@ from typing import Any
 
 from kp_perception.atomic import atomic_path
 from kp_perception.errors import ModelLoadError
+from kp_perception.kinds import KIND_NAMES
 
 FORMAT = "kp_perception.checkpoint"
 FORMAT_VERSION = 1
-KINDS = ("pyramids", "keynet", "transporter", "tusk")
+KINDS = KIND_NAMES
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
@@ -35,6 +36,21 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **checkpoint}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def _load_failure(exc: Exception) -> str:
+    """torch.load's reason in one line, without its advice to retry with ``weights_only=False``.
+
+    That advice means running whatever code the file holds; a checkpoint is data, so it is never taken.
+    """
+    text = str(exc).strip()
+    if "Weights only load failed" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0] if "WeightsUnpickler error:" in text \
+            else ""
+        detail = " ".join(detail.split())
+        return "corrupt, or it holds objects other than tensors and plain data" + (f": {detail}" if detail else "")
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first if "weights_only" not in first else type(exc).__name__
 
 
 def load_checkpoint(path: str | Path, expected_kind: str | None = None) -> dict[str, Any]:
@@ -47,8 +63,7 @@ def load_checkpoint(path: str | Path, expected_kind: str | None = None) -> dict[
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{path}: not a readable kp_perception checkpoint ({reason})") from None
+        raise ModelLoadError(f"{path}: not a readable kp_perception checkpoint ({_load_failure(exc)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ModelLoadError(f"{path}: not a kp_perception checkpoint (no '{FORMAT}' format tag)")
     if data.get("format_version") != FORMAT_VERSION:

@@ -84,6 +84,16 @@ def draw_detections(frame_rgb: np.ndarray, result: PrototypeDetectionResult) -> 
     return canvas
 
 
+def draw_caption(canvas: np.ndarray, text: str) -> np.ndarray:
+    """White text on a dark strip along the top edge, scaled to the frame width."""
+    scale = max(canvas.shape[1] / 640.0, 0.3)
+    (_, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    strip = h + base + 4
+    canvas[:strip] = (canvas[:strip].astype(np.uint16) * 2 // 5).astype(np.uint8)
+    cv2.putText(canvas, text, (3, h + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return canvas
+
+
 def _root_of(parents: np.ndarray) -> np.ndarray:
     """Index of each keypoint's level-0 ancestor (itself for roots), following parents upwards."""
     n = len(parents)

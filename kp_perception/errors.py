@@ -17,5 +17,9 @@ class ModelLoadError(KpPerceptionError):
     """A model file, sidecar, engine or checkpoint that is missing, corrupt or incompatible."""
 
 
+class OutputError(KpPerceptionError):
+    """An output file that cannot be written where the user asked (a directory, a read-only place, a full disk)."""
+
+
 class ConfigError(KpPerceptionError):
     """An invalid configuration value or override."""

@@ -23,7 +23,8 @@ from kp_perception.errors import KpPerceptionError
 PACKAGE = "kp_perception"
 
 
-def _source_checkout() -> Path | None:
+def source_checkout() -> Path | None:
+    """The repository root when running from a source checkout (editable install, tests), else None."""
     root = Path(__file__).resolve().parent.parent
     return root if (root / "package.xml").is_file() and (root / "config").is_dir() else None
 
@@ -37,7 +38,7 @@ def _installed_prefixes() -> list[Path]:
 @lru_cache(maxsize=1)
 def share_directory() -> Path:
     """The folder holding ``config/``, ``launch/`` and ``models/`` for this installation."""
-    checkout = _source_checkout()
+    checkout = source_checkout()
     if checkout is not None:
         return checkout
     for prefix in _installed_prefixes():

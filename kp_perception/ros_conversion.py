@@ -129,3 +129,36 @@ def _flat(table: np.ndarray, rows_label: str, columns_label: str) -> Float32Mult
 def _float_array(values: np.ndarray) -> array.array:
     # array('f', bytes) is the setter's fast path; a numpy array would be checked element by element.
     return array.array("f", np.ascontiguousarray(values, dtype=np.float32).tobytes())
+
+
+# Messages -> results: what a consumer, a replay or the demo reads back.
+
+
+def pyramid_from_msg(msg) -> KeypointPyramidResult:
+    """A KeypointPyramid (rclpy or rosbags-decoded) -> KeypointPyramidResult, for consumers and replays."""
+    kps = msg.keypoints
+    return KeypointPyramidResult(
+        xy=np.array([[k.x, k.y] for k in kps], dtype=np.float32).reshape(-1, 2),
+        scores=np.array([k.score for k in kps], dtype=np.float32),
+        levels=np.array([k.level for k in kps], dtype=np.int32),
+        parents=np.array([k.parent for k in kps], dtype=np.int32),
+        level_sizes=tuple(int(s) for s in msg.level_sizes),
+        image_width=int(msg.image_width),
+        image_height=int(msg.image_height),
+    )
+
+
+def detections_from_msg(msg) -> PrototypeDetectionResult:
+    """A PrototypeDetectionArray (rclpy or rosbags-decoded) -> PrototypeDetectionResult."""
+    dets = msg.detections
+    dim = len(dets[0].descriptor) if dets else 0
+    return PrototypeDetectionResult(
+        xy=np.array([[d.x, d.y] for d in dets], dtype=np.float32).reshape(-1, 2),
+        scores=np.array([d.score for d in dets], dtype=np.float32),
+        prototypes=np.array([d.prototype for d in dets], dtype=np.int32),
+        distances=np.array([d.distance for d in dets], dtype=np.float32),
+        descriptors=np.array([list(d.descriptor) for d in dets], dtype=np.float32).reshape(len(dets), dim),
+        num_prototypes=int(msg.num_prototypes),
+        image_width=int(msg.image_width),
+        image_height=int(msg.image_height),
+    )

@@ -164,22 +164,9 @@ class BagSequence(Sequence):
         if self._length == 0:
             raise DataError(f"{self.source}: image topic {self.topic} has no messages")
 
-    @contextmanager
     def _open(self):
         """An opened AnyReader, closed on exit; any failure to open becomes one DataError line."""
-        from rosbags.highlevel import AnyReader
-        from rosbags.typesys import Stores, get_typestore
-
-        try:
-            reader = AnyReader([self.source], default_typestore=get_typestore(Stores.ROS2_KILTED))
-            reader.open()
-        except Exception as exc:  # rosbags, apsw and OSError all mean "unreadable bag" here
-            hint = " (truncated or not an mcap file?)" if "magic" in str(exc) else ""
-            raise DataError(f"{self.source}: cannot read rosbag2: {_one_line(exc)}{hint}") from None
-        try:
-            yield reader
-        finally:
-            reader.close()
+        return _open_rosbag(self.source)
 
     def _choose_topic(self, image_topic: str | None, reader) -> str:
         found = ", ".join(f"{t} ({typ})" for t, typ in sorted(self.all_topics.items())) or "none"
@@ -269,6 +256,24 @@ class BagSequence(Sequence):
         if self.source.is_file():
             return [self.source]
         return sorted(p for p in self.source.iterdir() if p.is_file())
+
+
+@contextmanager
+def _open_rosbag(source: Path):
+    """An opened rosbags AnyReader of ``source``, closed on exit; a failure to open is one DataError line."""
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    try:
+        reader = AnyReader([source], default_typestore=get_typestore(Stores.ROS2_KILTED))
+        reader.open()
+    except Exception as exc:  # rosbags, apsw and OSError all mean "unreadable bag" here
+        hint = " (truncated or not an mcap file?)" if "magic" in str(exc) else ""
+        raise DataError(f"{source}: cannot read rosbag2: {_one_line(exc)}{hint}") from None
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 def _message_encoding(msg) -> str:
@@ -377,9 +382,9 @@ class FolderSequence(Sequence):
             data = np.fromfile(path, dtype=np.uint8)
         except OSError as exc:
             raise DataError(f"{path}: cannot read image: {exc.strerror or exc}") from None
-        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        bgr = _quiet_imdecode(data) if data.size else None
         if bgr is None:
-            raise DataError(f"{path}: unreadable image")
+            raise DataError(f"{path}: unreadable image (corrupt or truncated)")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     def iter_frames(self) -> Iterator[np.ndarray]:
@@ -388,6 +393,17 @@ class FolderSequence(Sequence):
 
     def _content_files(self) -> list[Path]:
         return self.files
+
+
+def _quiet_imdecode(data: np.ndarray) -> np.ndarray | None:
+    """cv2.imdecode without OpenCV's own warning line on a corrupt file: the DataError says it once."""
+    logging = cv2.utils.logging
+    level = logging.getLogLevel()
+    logging.setLogLevel(min(level, logging.LOG_LEVEL_ERROR))
+    try:
+        return cv2.imdecode(data, cv2.IMREAD_COLOR)
+    finally:
+        logging.setLogLevel(level)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -399,16 +415,30 @@ def _is_bag_dir(path: Path) -> bool:
 
 
 def _is_multi_object_dir(path: Path) -> bool:
-    """The design.md multi-object format: images/, masks/, objects.csv. Its frames are images/."""
+    """The multi-object format (docs/training_guide.md): images/, masks/, objects.csv. Its frames are images/."""
     return (path / "images").is_dir() and (path / "objects.csv").is_file()
 
 
-def _open_path(path: Path, image_topic: str | None, top: bool) -> list[Sequence]:
+def _bag_sequences(path: Path, image_topic: str | None, every_image_topic: bool) -> list[Sequence]:
+    """The bag's sequence; with ``every_image_topic`` (and no ``image_topic``), one per image topic."""
+    if every_image_topic and image_topic is None:
+        with _open_rosbag(path) as reader:
+            topics = sorted(t for t, info in reader.topics.items() if info.msgtype in IMAGE_TYPES)
+        if len(topics) > 1:
+            return [BagSequence(path, topic) for topic in topics]
+    return [BagSequence(path, image_topic)]
+
+
+def _open_path(path: Path, image_topic: str | None, top: bool, every_image_topic: bool = False) -> list[Sequence]:
     """Sequences at ``path``; ``top`` says the user named it (so an unusable path is an error)."""
+    if not path.is_file() and not path.is_dir():
+        if top:
+            raise DataError(f"{path}: not a regular file or folder (a device, FIFO or socket is not a recording)")
+        return []
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix in BAG_SUFFIXES:
-            return [BagSequence(path, image_topic)]
+            return _bag_sequences(path, image_topic, every_image_topic)
         if suffix in VIDEO_SUFFIXES:
             return [VideoSequence(path)]
         if top:
@@ -418,7 +448,7 @@ def _open_path(path: Path, image_topic: str | None, top: bool) -> list[Sequence]
             )
         return []
     if _is_bag_dir(path):
-        return [BagSequence(path, image_topic)]
+        return _bag_sequences(path, image_topic, every_image_topic)
     if _is_multi_object_dir(path):
         return [FolderSequence(path / "images", name=path.name)]
     sequences: list[Sequence] = []
@@ -429,14 +459,19 @@ def _open_path(path: Path, image_topic: str | None, top: bool) -> list[Sequence]
         if child.name.startswith("."):
             continue
         if child.is_dir() or child.suffix.lower() in BAG_SUFFIXES + VIDEO_SUFFIXES:
-            sequences.extend(_open_path(child, image_topic, top=False))
+            sequences.extend(_open_path(child, image_topic, False, every_image_topic))
     if top and not sequences:
         raise DataError(f"{path}: empty folder (no rosbag2, video or images found in it or below)")
     return sequences
 
 
-def open_sequences(paths: Iterable[str | Path] | str | Path, image_topic: str | None = None) -> list[Sequence]:
+def open_sequences(
+    paths: Iterable[str | Path] | str | Path, image_topic: str | None = None, every_image_topic: bool = False
+) -> list[Sequence]:
     """Open every sequence under ``paths``.
+
+    ``every_image_topic`` (inspection): a bag with several image topics gives one
+    sequence per topic instead of needing ``image_topic``.
 
     A path may be a rosbag2 directory (metadata.yaml + .mcap/.db3), a single
     .mcap or .db3 file, a video file, a folder of images (sorted by name), a
@@ -457,19 +492,20 @@ def open_sequences(paths: Iterable[str | Path] | str | Path, image_topic: str | 
         path = Path(raw).expanduser()
         if not path.exists():
             raise DataError(f"{path}: no such file or directory")
-        for seq in _open_path(path, image_topic, top=True):
-            key = seq.source.resolve()
+        for seq in _open_path(path, image_topic, True, every_image_topic):
+            key = (seq.source.resolve(), seq.topic)
             if key not in seen:
                 seen.add(key)
                 sequences.append(seq)
-    by_name: dict[str, Sequence] = {}
+    by_name: dict[tuple[str, str | None], Sequence] = {}
     for seq in sequences:
-        if seq.name in by_name:
+        key = (seq.name, seq.topic if every_image_topic else None)
+        if key in by_name:
             raise DataError(
-                f"{seq.source}: sequence name {seq.name!r} is also used by {by_name[seq.name].source}; "
+                f"{seq.source}: sequence name {seq.name!r} is also used by {by_name[key].source}; "
                 "names must be unique (annotations and splits refer to sequences by name)"
             )
-        by_name[seq.name] = seq
+        by_name[key] = seq
     if not sequences:
         raise DataError("no input paths given")
     return sequences

@@ -10,10 +10,11 @@ instead of a shape error at the first frame.
 The graph contract the sidecar describes (written by ``training/export.py``):
 
 * input ``image``: B×H×W×3 uint8 RGB (NHWC); the graph divides by 255 itself.
-* pyramids kinds (pyramids/keynet/transporter): ``keypoints`` B×N×2 float32
+* pyramid kinds (family "pyramid" in ``kp_perception.kinds``: pyramids, keynet,
+  transporter): ``keypoints`` B×N×2 float32
   (x, y) in model-input pixels, ``scores`` B×N float32 in [0, 1], ``parents``
   N int32 (-1 for roots), ``levels`` N int32 (0 = coarsest).
-* tusk: ``keypoints`` B×K×2 float32 px, ``scores`` B×K float32, ``descriptors``
+* detection kinds (tusk): ``keypoints`` B×K×2 float32 px, ``scores`` B×K float32, ``descriptors``
   B×K×C float32 (L2-normalised), ``prototype_ids`` B×K int32, ``distances``
   B×K float32.
 """
@@ -29,11 +30,12 @@ from typing import Any
 
 from kp_perception.atomic import atomic_write_text
 from kp_perception.errors import ModelLoadError
+from kp_perception.kinds import KIND_NAMES, PYRAMID_KINDS
 
 FORMAT = "kp_perception.sidecar"
 FORMAT_VERSION = 1
-HIERARCHY_KINDS = ("pyramids", "keynet", "transporter")
-KINDS = (*HIERARCHY_KINDS, "tusk")
+HIERARCHY_KINDS = PYRAMID_KINDS  # kinds whose graph returns a keypoint hierarchy
+KINDS = KIND_NAMES
 INPUT_NAME = "image"
 NORMALISATION = "float32 = uint8 / 255, inside the graph; no mean/std"
 
@@ -184,7 +186,7 @@ def write_sidecar(path: str | Path, sidecar: Sidecar) -> None:
 def read_sidecar(path: str | Path, expected_kind: str | None = None) -> Sidecar:
     """Read and validate a sidecar; every problem is a ``ModelLoadError`` naming expected and found.
 
-    ``expected_kind`` "pyramids" accepts any hierarchy kind (pyramids/keynet/transporter).
+    ``expected_kind`` "pyramids" accepts any kind of the pyramid family (what ``pyramids_node`` serves).
     """
     path = Path(path)
     if not path.is_file():
@@ -235,7 +237,7 @@ def check_kind(path: str | Path, kind: str, expected_kind: str | None) -> None:
     if kind not in allowed:
         raise ModelLoadError(
             f"{path}: model kind is {kind!r}, expected {expected_kind!r}"
-            + (" (or keynet/transporter)" if expected_kind == "pyramids" else "")
+            + (f" (or {'/'.join(k for k in HIERARCHY_KINDS if k != 'pyramids')})" if expected_kind == "pyramids" else "")
         )
 
 

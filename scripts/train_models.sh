@@ -56,7 +56,7 @@ train_eval_export() {  # kind config run_name [--set overrides...]
 }
 
 if [ "$WHAT" = pyramids ] || [ "$WHAT" = all ]; then
-  # The CPU preset of config/training/pyramids.yaml (64 px, FPN maps 8x8 and 16x16) with a larger
+  # The CPU preset of training/pyramids/config.py (64 px, FPN maps 8x8 and 16x16) with a larger
   # learning rate than the paper's 1e-4, because the budget is minutes, not days.
   train_eval_export pyramids pyramids pyramids \
     data.image_size=$SIZE model.width=16 model.fpn_channels=32 model.head_channels=32 \

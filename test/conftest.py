@@ -7,7 +7,7 @@ import sys
 # Each pytest session gets its own DDS domain so parallel runs never see each other's topics.
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 100)))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-# 640x480 frames are lost between processes with Fast DDS's default transports (environment.md).
+# 640x480 frames are lost between processes with Fast DDS's default transports (docs/troubleshooting.md).
 os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 os.environ.setdefault("MPLBACKEND", "Agg")
 

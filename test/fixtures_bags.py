@@ -126,3 +126,20 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
             st = p.stat()
             out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
     return out
+
+
+def write_square_sequence(root: Path, name: str = "squares", frames: int = 8) -> tuple[Path, Path]:
+    """An image folder ``root/name`` of a bright 6×6 square moving over a dark 32×32 background,
+    and ``root/annotations.csv`` with the square's centre per frame (a landmark a model can learn)."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    rows = ["sequence,frame,name,x,y"]
+    for t in range(frames):
+        img = np.full((32, 32, 3), 30, np.uint8)
+        x, y = 3 + 3 * t % 23, 4 + 2 * t % 22
+        img[y : y + 6, x : x + 6] = (240, 200, 60)
+        cv2.imwrite(str(folder / f"{t:04d}.png"), img)
+        rows.append(f"{name},{t},square,{x + 2.5},{y + 2.5}")
+    annotations = root / "annotations.csv"
+    annotations.write_text("\n".join(rows) + "\n")
+    return folder, annotations

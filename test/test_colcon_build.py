@@ -2,7 +2,7 @@
 
 This is how a robot builds the project: a workspace, ``colcon build`` naming
 the nested interface package (colcon's crawler stops at the root
-package.xml, see environment.md), then ``source install/setup.bash``. The
+package.xml, see README.md, "Building on a robot"), then ``source install/setup.bash``. The
 built packages must then be what Python imports: modules and shared
 libraries from the install space, not the copies ``make setup`` put in .venv.
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,10 +50,19 @@ def test_inspect_describes_every_sequence(tmp_path, capsys):
     assert (rows["stills"]["kind"], rows["stills"]["encoding"], rows["stills"]["topic"]) == ("folder", "png", None)
 
 
-def test_inspect_lists_image_topics_and_honours_the_choice(tmp_path, capsys):
+def test_inspect_reports_every_image_topic_and_honours_the_choice(tmp_path, capsys):
     bag = write_two_topic_bag(tmp_path / "two", smooth_frames(2), smooth_frames(2, seed=1))
-    code, _, err = _inspect(capsys, bag)
-    assert code == 2 and "several image topics (/cam_a/image, /cam_b/image/compressed)" in err
+    code, out, _ = _inspect(capsys, bag)
+    assert code == 0
+    rows = {r["topic"]: r for r in json.loads(out)["sequences"]}
+    assert {t: (r["frames"], r["width"], r["height"], r["encoding"]) for t, r in rows.items()} == {
+        "/cam_a/image": (2, 32, 24, "rgb8"), "/cam_b/image/compressed": (2, 32, 24, "png")}
+    # Training still needs the choice.
+    from kp_perception.errors import DataError
+    from kp_perception.sequences import open_sequences
+
+    with pytest.raises(DataError, match="several image topics"):
+        open_sequences(bag)
     code, out, _ = _inspect(capsys, bag, "--image-topic", "/cam_b/image/compressed")
     (row,) = json.loads(out)["sequences"]
     assert code == 0 and row["topic"] == "/cam_b/image/compressed" and row["encoding"] == "png"
@@ -79,7 +90,23 @@ def _bad_inputs(tmp_path):
         (video, "unreadable video"),
         (empty, "empty folder"),
         (tmp_path / "does_not_exist", "no such file or directory"),
+        (Path("/dev/zero"), "not a regular file or folder"),
+        (_fifo(tmp_path / "pipe"), "not a regular file or folder"),
+        (_folder_with_corrupt_png(tmp_path / "stills"), "unreadable image"),
     ]
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def _folder_with_corrupt_png(folder: Path) -> Path:
+    """Three good PNGs and a truncated one in the middle: only decoding every frame finds it."""
+    write_image_folder(folder, smooth_frames(3))
+    first = sorted(folder.glob("*.png"))[0]
+    (folder / "frame_0001b.png").write_bytes(first.read_bytes()[:60])
+    return folder
 
 
 def test_every_bad_input_exits_2_with_one_line_naming_the_file(tmp_path, capsys):
@@ -91,6 +118,22 @@ def test_every_bad_input_exits_2_with_one_line_naming_the_file(tmp_path, capsys)
         assert len(lines) == 1, err
         assert lines[0].startswith(f"kp-perception data: error: {path}")
         assert fragment in lines[0]
+
+
+@pytest.mark.timeout(90)
+def test_corrupt_image_is_one_line_on_stderr_of_a_real_process(tmp_path):
+    folder = _folder_with_corrupt_png(tmp_path / "stills")
+    bad = subprocess.run([sys.executable, "-m", "kp_perception.cli.main", "data", "inspect", str(folder)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        f"kp-perception data: error: {folder / 'frame_0001b.png'}: unreadable image (corrupt or truncated)"]
+
+
+def test_quick_inspection_reads_only_the_first_frame(tmp_path, capsys):
+    folder = _folder_with_corrupt_png(tmp_path / "stills")
+    code, out, _ = _inspect(capsys, folder, "--quick")
+    assert code == 0 and json.loads(out)["decoded"] == "first frame"
 
 
 @pytest.mark.timeout(90)

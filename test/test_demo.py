@@ -103,8 +103,8 @@ def test_drawing_comes_from_the_received_messages(demo_run):
 def test_output_bag_decodes_offline_with_rosbags(demo_run):
     from rosbags.rosbag2 import Reader
 
-    from kp_perception.cli.demo import kp_typestore
     from kp_perception.sidecar import read_sidecar, sidecar_path
+    from kp_perception_training.data.bag_writer import kp_typestore
 
     out, summary, _ = demo_run
     store = kp_typestore()
@@ -154,8 +154,8 @@ def test_model_of_the_other_kind_is_one_clear_line(tmp_path):
 def test_tusk_demo_publishes_prototype_detections(tmp_path):
     from rosbags.rosbag2 import Reader
 
-    from kp_perception.cli.demo import kp_typestore
     from kp_perception.sidecar import read_sidecar, sidecar_path
+    from kp_perception_training.data.bag_writer import kp_typestore
 
     model = REPO / "models" / "tusk.onnx"
     if not model.is_file():

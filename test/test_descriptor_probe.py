@@ -4,8 +4,8 @@ import numpy as np
 
 from kp_perception_training.evaluation.descriptor_probe import (
     kmeans_attribute_accuracy,
+    kmeans_centres,
     nearest_centroid_accuracy,
-    spherical_kmeans,
 )
 
 
@@ -31,8 +31,8 @@ def test_unrelated_labels_stay_near_chance():
     assert kmeans_attribute_accuracy(x, {"a": labels}, k=12)["a"] < 0.35
 
 
-def test_spherical_kmeans_centres_are_unit_and_at_most_n():
+def test_kmeans_centres_are_unit_and_at_most_n():
     x, _ = _clustered(n_per=2, classes=3)
-    centres = spherical_kmeans(x, k=10)
+    centres = kmeans_centres(x, k=10)
     assert centres.shape == (6, x.shape[1])
     np.testing.assert_allclose(np.linalg.norm(centres, axis=1), 1.0, atol=1e-9)

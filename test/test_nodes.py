@@ -445,7 +445,7 @@ def test_launch_files_compile_and_params_files_hold_exactly_the_declared_paramet
 
 
 def test_launch_files_build_descriptions():
-    pytest.importorskip("launch_ros", reason="launch/launch_ros are on no registry reachable here (environment.md)")
+    pytest.importorskip("launch_ros", reason="launch/launch_ros are on no registry reachable here (docs/robot_guide.md)")
     import runpy
 
     for name in ("pyramids", "tusk", "record"):

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from kp_perception_training.config import build_config
 from kp_perception_training.pyramids.baselines import KeyNetMethod, TransporterMethod
+from kp_perception_training.pyramids.config import PyramidsConfig
 from kp_perception_training.pyramids.evaluate import evaluate
 from kp_perception_training.pyramids.method import PyramidsMethod
 
@@ -27,7 +29,7 @@ TINY_DECODER = {
 }
 
 
-def tiny_config(levels=(1, 2), **sections):
+def tiny_config(levels=(1, 2), **sections) -> PyramidsConfig:
     config = {
         "model": {"keypoints_per_level": list(levels), **TINY_MODEL},
         "decoder": dict(TINY_DECODER),
@@ -37,7 +39,18 @@ def tiny_config(levels=(1, 2), **sections):
     }
     for key, value in sections.items():
         config[key] = {**config.get(key, {}), **value}
-    return config
+    return build_config(PyramidsConfig, config)
+
+
+def flat_config(cls, k: int):
+    """The tiny widths for a flat baseline (each has its own decoder section)."""
+    decoder = (
+        {"appearance_channels": 8, "appearance_width": 8, "decoder_width": 16}
+        if cls is KeyNetMethod
+        else {"transport_channels": [8], "feature_hidden": 16, "decoder_width": 16}
+    )
+    raw = {"model": {"keypoints_per_level": [k], **TINY_MODEL}, "decoder": decoder, "data": {"image_size": SIZE}}
+    return build_config(cls.config_class, raw)
 
 
 def square_frames(n=128, seed=0):
@@ -118,7 +131,7 @@ def test_landmark_evaluation_scores_the_learned_keypoints_in_frame_pixels(traine
             writer.writerow(["squares", i, "ghost", 1e4 * (i % 3), -1e4, 0])
     checkpoint = {
         "kind": "pyramids",
-        "config": tiny_config(),
+        "config": tiny_config().to_dict(),
         "encoder": method.encoder.state_dict(),
     }
     metrics = evaluate(checkpoint, [str(seq)], str(ann), tmp_path / "eval", seed=0)
@@ -160,8 +173,7 @@ def test_ablation_switches_select_the_loss_terms(ablation, terms):
 @pytest.mark.parametrize("k", [3, 5])
 def test_flat_baselines_take_any_k_and_train_their_keypoints(cls, k):
     torch.manual_seed(0)
-    config = tiny_config(levels=(k,), decoder={"transport_channels": [8]})
-    method = cls(config)
+    method = cls(flat_config(cls, k))
     images, _ = square_frames(4)
     loss, logs, _ = method({"image": images, "ref": images.flip(0)})
     loss.backward()

@@ -291,7 +291,7 @@ def test_annotations_csv_round_trip_and_bad_rows(tmp_path):
     rows = [Annotation("episode_000", 0, "gripper", 1.5, 2.25, True), Annotation("ep", 3, "duck/centre", -4, 9, False)]
     write_annotations(tmp_path / "a.csv", rows)
     assert read_annotations(tmp_path / "a.csv") == rows
-    # design.md's five-column header reads as all visible.
+    # The five-column header (no visible column, docs/training_guide.md) reads as all visible.
     (tmp_path / "b.csv").write_text("sequence,frame,name,x,y\nseq,2,head,3.0,4.0\n")
     assert read_annotations(tmp_path / "b.csv") == [Annotation("seq", 2, "head", 3.0, 4.0, True)]
     from kp_perception.errors import DataError

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from torch.utils.data import Dataset
 
 from kp_perception.checkpoint import load_checkpoint, save_checkpoint
 from kp_perception.errors import ConfigError, DataError, ModelLoadError
-from kp_perception_training.config import apply_overrides, load_config, train_settings, with_defaults
+from kp_perception_training.config import Optim, TrainingConfig, TrainSettings, build_config, load_config
 from kp_perception_training.distributed import all_reduce_grads
 from kp_perception_training.methods import TrainingMethod, resolve_method
 from kp_perception_training.trainer import ShardedStream, parameter_hash, resolve_run_config, train
@@ -47,12 +48,33 @@ class NoisyImages(Dataset):
         return {"clean": self.clean[i], "noisy": self.clean[i] + noise, "index": torch.tensor(i)}
 
 
+@dataclass(frozen=True)
+class TinyModel:
+    width: int = 8
+
+
+@dataclass(frozen=True)
+class TinyData:
+    items: int = 20
+    seed: int = 3
+    val: bool = True
+
+
+@dataclass(frozen=True)
+class TinyConfig(TrainingConfig):
+    model: TinyModel = field(default_factory=TinyModel)
+    data: TinyData = field(default_factory=TinyData)
+    optim: Optim = field(default_factory=lambda: Optim(lr=3e-3))
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+
 class TinyMethod(TrainingMethod):
     kind = "keynet"  # a checkpoint kind is required; this test method borrows one
+    config_class = TinyConfig
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: TinyConfig) -> None:
         super().__init__(config)
-        width = int(config["model"]["width"])
+        width = config.model.width
         self.encoder = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU())
         self.decoder = nn.Sequential(nn.Dropout(0.2), nn.Conv2d(width, 3, 3, padding=1))
         # Stepped outside the main optimiser on detached outputs, as TUSK's prototypes are.
@@ -60,13 +82,12 @@ class TinyMethod(TrainingMethod):
 
     @classmethod
     def build_datasets(cls, config, data_paths):
-        n = int(config["data"]["items"])
-        val = NoisyImages(8, seed=99) if config["data"]["val"] else None
-        return NoisyImages(n, seed=int(config["data"]["seed"])), val
+        val = NoisyImages(8, seed=99) if config.data.val else None
+        return NoisyImages(config.data.items, seed=config.data.seed), val
 
     def configure_optimizers(self):
         main = [p for n, p in self.named_parameters() if n != "centre"]
-        return {"main": torch.optim.Adam(main, lr=self.config["optim"]["lr"]),
+        return {"main": torch.optim.Adam(main, lr=self.config.optim.lr),
                 "centre": torch.optim.SGD([self.centre], lr=0.5)}
 
     def forward(self, batch):
@@ -89,16 +110,10 @@ class TinyMethod(TrainingMethod):
         writer.add_images("recon", self.decoder(self.encoder(batch["noisy"][:2])).clamp(0, 1), step)
 
 
-def tiny_config(**train) -> dict:
-    base = {
-        "model": {"width": 8},
-        "data": {"items": 20, "seed": 3, "val": True},
-        "optim": {"lr": 3e-3},
-        "train": {"steps": 12, "batch_size": 4, "num_workers": 0, "log_every": 2, "image_every": 5,
-                  "checkpoint_every": 100, "val_every": 4, "val_batches": 1},
-    }
-    base["train"].update(train)
-    return with_defaults(base)
+def tiny_config(data: dict | None = None, **train) -> TinyConfig:
+    settings = {"steps": 12, "batch_size": 4, "num_workers": 0, "log_every": 2, "image_every": 5,
+                "checkpoint_every": 100, "val_every": 4, "val_batches": 1, **train}
+    return build_config(TinyConfig, {"data": data or {}, "train": settings})
 
 
 def run(out: Path, config: dict, **kw) -> dict:
@@ -122,7 +137,8 @@ def test_resume_is_bit_exact_across_stop_and_worker_count(tmp_path):
     first = run(tmp_path / "resumed", tiny_config(steps=5))
     assert first["step"] == 5
     # The second invocation resumes from last.pt; a loader worker process must not change the data.
-    config = resolve_run_config("keynet", tmp_path / "resumed", None, ["train.steps=12", "train.num_workers=1"])
+    config = resolve_run_config("keynet", tmp_path / "resumed", None, ["train.steps=12", "train.num_workers=1"],
+                                method=TINY)
     second = run(tmp_path / "resumed", config)
     assert second["step"] == 12
 
@@ -140,7 +156,10 @@ def test_loss_falls_and_run_directory_is_complete(tmp_path):
     summary = run(out, tiny_config(steps=40, val_every=10))
     events = list((out / "tb").glob("events.out.tfevents.*"))
     assert (out / "config.yaml").is_file() and events
-    assert load_config(out / "config.yaml")["train"]["steps"] == 40  # the resolved config round-trips
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert build_config(TinyConfig, saved) == tiny_config(steps=40, val_every=10)  # the resolved config round-trips
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -165,8 +184,7 @@ def test_loss_falls_and_run_directory_is_complete(tmp_path):
 
 
 def test_best_follows_train_loss_ema_without_val_split(tmp_path):
-    config = tiny_config(steps=8, checkpoint_every=4)
-    config["data"]["val"] = False
+    config = tiny_config(data={"val": False}, steps=8, checkpoint_every=4)
     summary = run(tmp_path / "run", config)
     assert summary["best_by"] == "train_loss_ema"
     best = load_checkpoint(tmp_path / "run" / "best.pt")
@@ -182,9 +200,8 @@ def test_time_budget_stops_cleanly_with_a_checkpoint(tmp_path):
 def test_rerun_with_changed_config_is_refused_naming_the_key(tmp_path):
     out = tmp_path / "run"
     run(out, tiny_config(steps=2))
-    changed = apply_overrides(tiny_config(steps=4), ["train.batch_size=8"])
     with pytest.raises(ConfigError, match="train.batch_size"):
-        run(out, changed)
+        run(out, tiny_config(steps=4, batch_size=8))
     with pytest.raises(ConfigError, match="holds a 'keynet' run, not 'pyramids'"):
         resolve_run_config("pyramids", out, None, [])
 
@@ -200,7 +217,7 @@ def test_corrupt_or_foreign_last_checkpoint_is_one_clear_error(tmp_path, content
         torch.save({"state_dict": {"w": torch.zeros(2)}}, out / "last.pt")
         expected, error = "not a kp_perception checkpoint", ModelLoadError
     else:  # an exported-only checkpoint has no training state to continue
-        save_checkpoint(out / "last.pt", {"kind": "keynet", "config": tiny_config(), "encoder": {}})
+        save_checkpoint(out / "last.pt", {"kind": "keynet", "config": tiny_config().to_dict(), "encoder": {}})
         expected, error = "no training state", ConfigError
     with pytest.raises(error, match=expected) as info:
         run(out, tiny_config())
@@ -219,10 +236,8 @@ def test_resume_into_a_changed_method_is_one_clear_error(tmp_path):
 
 
 def test_empty_dataset_is_a_data_error(tmp_path):
-    config = tiny_config()
-    config["data"]["items"] = 0
     with pytest.raises(DataError, match="no training items"):
-        run(tmp_path / "run", config)
+        run(tmp_path / "run", tiny_config(data={"items": 0}))
 
 
 def test_sharded_stream_splits_each_epoch_between_ranks_and_resumes_by_step():
@@ -237,24 +252,23 @@ def test_sharded_stream_splits_each_epoch_between_ranks_and_resumes_by_step():
 
 
 def test_config_overrides_are_typed_and_unknown_keys_are_errors():
-    config = tiny_config()
-    out = apply_overrides(config, ["optim.lr=1e-2", "train.grad_clip=1.0", "model.width=4"])
-    assert out["optim"]["lr"] == 0.01 and out["train"]["grad_clip"] == 1.0 and out["model"]["width"] == 4
+    config = build_config(TinyConfig, {}, overrides=["optim.lr=1e-2", "train.grad_clip=1.0", "model.width=4"])
+    assert config.optim.lr == 0.01 and config.train.grad_clip == 1.0 and config.model.width == 4
     with pytest.raises(ConfigError, match="'train.step'"):
-        apply_overrides(config, ["train.step=5"])
-    with pytest.raises(ConfigError, match="train.batch_size must be int"):
-        train_settings(apply_overrides(config, ["train.batch_size=big"]))
+        build_config(TinyConfig, {}, overrides=["train.step=5"])
+    with pytest.raises(ConfigError, match="train.batch_size must be int, got 'big'"):
+        build_config(TinyConfig, {}, overrides=["train.batch_size=big"])
 
 
 def test_config_file_base_chain_and_unknown_train_key(tmp_path):
-    (tmp_path / "a.yaml").write_text("model: {width: 8, depth: 2}\ntrain: {steps: 10}\n")
+    (tmp_path / "a.yaml").write_text("model: {width: 8}\ntrain: {steps: 10, batch_size: 2}\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\nmodel: {width: 4}\n")
-    config = load_config(tmp_path / "b.yaml", ["train.seed=5"])
-    assert config["model"] == {"width": 4, "depth": 2}
-    assert config["train"]["steps"] == 10 and config["train"]["seed"] == 5
+    config = load_config("keynet", tmp_path / "b.yaml", ["train.seed=5"], method=TinyMethod)
+    assert config.model.width == 4
+    assert (config.train.steps, config.train.batch_size, config.train.seed) == (10, 2, 5)
     (tmp_path / "c.yaml").write_text("train: {stpes: 10}\n")
     with pytest.raises(ConfigError, match="train.stpes"):
-        load_config(tmp_path / "c.yaml")
+        load_config("keynet", tmp_path / "c.yaml", method=TinyMethod)
 
 
 def test_method_registry_rejects_unknown_kind():
@@ -319,7 +333,7 @@ def test_torchrun_two_gloo_ranks_hold_identical_weights(tmp_path):
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["training"]["world_size"] == 2 and ckpt["training"]["step"] == 6
     assert len(ckpt["training"]["rng"]) == 2  # both ranks' RNG states, for exact resume
-    model = TinyMethod(ckpt["config"])
+    model = TinyMethod(build_config(TinyConfig, ckpt["config"]))
     model.load_state_dict(ckpt["training"]["method"])
     assert parameter_hash(model) == hashes[0]  # rank 0 wrote what every rank holds
     # The replicas trained on different data: a one-process run of the same steps ends elsewhere.
@@ -328,16 +342,14 @@ def test_torchrun_two_gloo_ranks_hold_identical_weights(tmp_path):
         ckpt["training"]["method"]["encoder.0.weight"]).any()
 
 
-@pytest.mark.timeout(120)
-def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
-    out = tmp_path / "run"
-    cmd = [sys.executable, str(_script(tmp_path)), str(out),
-           '{"steps": 1000000, "checkpoint_every": 1000000, "log_every": 1}']
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+def sigterm_once_training(cmd: list[str], out: Path, env: dict[str, str], cwd: Path | None = None,
+                          wait: float = 90) -> tuple[subprocess.Popen, str, str]:
+    """Start ``cmd``, send SIGTERM a second after its TensorBoard log appears in ``out``; (process, stdout, stderr)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
-        while not list((out / "tb").glob("events.*")) and time.monotonic() < deadline:
+        deadline = time.monotonic() + wait
+        while not list((out / "tb").glob("events.*")) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
         time.sleep(1.0)  # a few steps in
         proc.send_signal(signal.SIGTERM)
@@ -345,6 +357,15 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    return proc, stdout, stderr
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(_script(tmp_path)), str(out),
+           '{"steps": 1000000, "checkpoint_every": 1000000, "log_every": 1}']
+    proc, stdout, stderr = sigterm_once_training(cmd, out, _env(), cwd=tmp_path)
     assert proc.returncode == 0, stderr[-3000:]
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["stopped"] == "signal SIGTERM" and summary["step"] >= 1

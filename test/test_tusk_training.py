@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from kp_perception_training.config import build_config
 from kp_perception_training.evaluation.attributes import match_points
 from kp_perception_training.evaluation.purity import purity
 from kp_perception_training.tusk.method import TuskMethod
@@ -67,7 +68,7 @@ def test_short_run_learns_keypoints_find_the_objects_and_prototypes_separate_the
     rng = np.random.default_rng(0)
     scenes = [make_scene(rng) for _ in range(160)]
     images = torch.tensor(np.stack([s[0] for s in scenes]))
-    method = TuskMethod(CONFIG)
+    method = TuskMethod(build_config(TuskMethod.config_class, CONFIG))
     opts = method.configure_optimizers()
     losses = []
     for _ in range(STEPS):

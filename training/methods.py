@@ -11,13 +11,12 @@ Batches are dicts of tensors (the default collate of a dataset whose items
 are dicts); the trainer moves every tensor to the device before calling the
 method.
 
-The registries map a kind to ``"module:attribute"`` strings so importing this
-module imports no method (and no method's heavy dependencies).
+Which method and evaluator a kind uses is the kind registry's
+(``kp_perception.kinds``); they are imported only when resolved.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, ClassVar
 
 import torch
@@ -25,24 +24,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from kp_perception.errors import ConfigError
-
-# kind -> "module:class" of its TrainingMethod.
-METHODS: dict[str, str] = {
-    "pyramids": "kp_perception_training.pyramids.method:PyramidsMethod",
-    "keynet": "kp_perception_training.pyramids.baselines:KeyNetMethod",
-    "transporter": "kp_perception_training.pyramids.baselines:TransporterMethod",
-    "tusk": "kp_perception_training.tusk.method:TuskMethod",
-}
-
-# kind -> "module:function" with signature
-# evaluate(checkpoint: dict, data_paths: list[str], annotations: str | None,
-#          out_dir: Path | None, seed: int = 0) -> dict   (JSON-able metrics; may write a plot into out_dir)
-EVALUATORS: dict[str, str] = {
-    "pyramids": "kp_perception_training.pyramids.evaluate:evaluate",
-    "keynet": "kp_perception_training.pyramids.evaluate:evaluate",
-    "transporter": "kp_perception_training.pyramids.evaluate:evaluate",
-    "tusk": "kp_perception_training.tusk.evaluate:evaluate",
-}
+from kp_perception.kinds import KINDS, get_kind, resolve
+from kp_perception_training.config import TrainingConfig
 
 
 class TrainingMethod(nn.Module):
@@ -56,15 +39,18 @@ class TrainingMethod(nn.Module):
     """
 
     kind: ClassVar[str]
+    config_class: ClassVar[type | None] = None  # the kind's config dataclass (a TrainingConfig)
     encoder: nn.Module
 
-    def __init__(self, config: dict) -> None:
-        """``config`` is the full resolved config (sections model, data, loss, optim, train, ...)."""
+    def __init__(self, config: TrainingConfig) -> None:
+        """``config`` is the resolved, typed config (an instance of ``config_class``)."""
         super().__init__()
+        if self.config_class is not None and not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
 
     @classmethod
-    def build_datasets(cls, config: dict, data_paths: list[str]) -> tuple[Dataset, Dataset | None]:
+    def build_datasets(cls, config: TrainingConfig, data_paths: list[str]) -> tuple[Dataset, Dataset | None]:
         """Return (train, val) datasets whose items are dicts of tensors; val may be None.
 
         Any per-item randomness in ``__getitem__`` is made reproducible by the
@@ -81,12 +67,8 @@ class TrainingMethod(nn.Module):
 
         Default: Adam over every parameter with ``optim.lr`` and ``optim.weight_decay``.
         """
-        optim = self.config.get("optim", {})
-        return {
-            "main": torch.optim.Adam(
-                self.parameters(), lr=float(optim.get("lr", 1e-4)), weight_decay=float(optim.get("weight_decay", 0.0))
-            )
-        }
+        optim = self.config.optim
+        return {"main": torch.optim.Adam(self.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)}
 
     def configure_schedulers(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
         """Optional LR schedulers by name; the trainer steps each once per training step and saves their state."""
@@ -111,33 +93,24 @@ class TrainingMethod(nn.Module):
         return 0
 
 
-def _resolve(spec: str, what: str) -> Any:
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise ConfigError(f"{what} {spec!r} is not available yet (module {exc.name} not found)") from None
-        raise
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"{what} {spec!r}: {module_name} has no attribute {attr!r}") from None
-
-
 def resolve_method(kind_or_spec: str) -> type[TrainingMethod]:
-    """The ``TrainingMethod`` class for a kind (``METHODS``) or a ``"module:Class"`` spec."""
-    spec = METHODS.get(kind_or_spec, kind_or_spec)
-    if ":" not in spec:
-        raise ConfigError(f"unknown method kind {kind_or_spec!r}, expected one of {', '.join(METHODS)}")
-    cls = _resolve(spec, "method")
+    """The ``TrainingMethod`` class for a kind (the registry's) or a ``"module:Class"`` spec."""
+    if kind_or_spec in KINDS:
+        spec = KINDS[kind_or_spec].method
+    elif ":" in kind_or_spec:
+        spec = kind_or_spec
+    else:
+        raise ConfigError(f"unknown method kind {kind_or_spec!r}, expected one of {', '.join(KINDS)}")
+    cls = resolve(spec, "method")
     if not (isinstance(cls, type) and issubclass(cls, TrainingMethod)):
         raise ConfigError(f"method {spec!r} is not a TrainingMethod subclass")
     return cls
 
 
 def resolve_evaluator(kind: str):
-    """The evaluate function for a checkpoint kind (``EVALUATORS``)."""
-    if kind not in EVALUATORS:
-        raise ConfigError(f"no evaluator for model kind {kind!r}, expected one of {', '.join(EVALUATORS)}")
-    return _resolve(EVALUATORS[kind], "evaluator")
+    """The evaluate function of a checkpoint kind (the registry's)::
+
+        evaluate(checkpoint: dict, data_paths: list[str], annotations: str | None,
+                 out_dir: Path | None, seed: int = 0) -> dict   (JSON-able metrics; may write a plot)
+    """
+    return resolve(get_kind(kind).evaluator, "evaluator")

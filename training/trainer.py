@@ -30,13 +30,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import random
 import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,21 +45,22 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from kp_perception.atomic import remove_stale_temporaries
 from kp_perception.checkpoint import load_checkpoint, save_checkpoint
 from kp_perception.errors import ConfigError, DataError, KpPerceptionError, ModelLoadError
 from kp_perception_training import distributed as dist
 from kp_perception_training.allocator import retain_freed_memory
 from kp_perception_training.config import (
+    TrainingConfig,
     TrainSettings,
-    apply_overrides,
+    config_from_saved,
     dump_config,
     incompatible_keys,
     load_config,
-    train_settings,
-    with_defaults,
 )
 from kp_perception_training.methods import TrainingMethod, resolve_method
 
+log = logging.getLogger(__name__)
 
 class TrainingDivergedError(KpPerceptionError):
     """The loss became NaN or infinite; the last checkpoint is left untouched."""
@@ -230,19 +232,24 @@ def _to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> 
 
 
 def resolve_run_config(
-    kind: str, out_dir: str | Path, config: str | Path | None = None, overrides: list[str] | None = None
-) -> dict:
-    """The config for ``train KIND --out RUN``: a fresh one, or the run's own when it resumes.
+    kind: str,
+    out_dir: str | Path,
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+    method: str | type[TrainingMethod] | None = None,
+) -> TrainingConfig:
+    """The typed config for ``train KIND --out RUN``: a fresh one, or the run's own when it resumes.
 
     When ``RUN/last.pt`` exists and no ``--config`` is given, the run continues
     with its saved config plus ``overrides`` (which may only change
     ``RESUME_MUTABLE`` keys such as steps or budget; ``train()`` checks).
+    ``method`` (a class or ``"module:Class"``) replaces the kind's method, e.g. in tests.
     """
     last = Path(out_dir) / "last.pt"
     if last.exists() and config is None:
         saved = _load_resume_checkpoint(last, kind)
-        return apply_overrides(with_defaults(saved["config"], str(last)), overrides or [], str(last))
-    return load_config(config if config is not None else kind, overrides)
+        return config_from_saved(kind, saved["config"], str(last), overrides, method)
+    return load_config(kind, config, overrides, method)
 
 
 def _load_resume_checkpoint(last: Path, kind: str) -> dict:
@@ -308,7 +315,7 @@ def parameter_hash(module: torch.nn.Module) -> str:
 
 def train(
     kind: str,
-    config: dict,
+    config: TrainingConfig,
     data_paths: list[str],
     out_dir: str | Path,
     *,
@@ -319,55 +326,95 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) the run in ``out_dir``; returns a JSON-able summary.
 
-    ``kind`` is the checkpoint kind; ``method`` defaults to ``METHODS[kind]``
-    (a class or ``"module:Class"`` may be given, e.g. by tests). Under torchrun
-    every rank calls this; only rank 0 writes. ``write_rank_hashes`` makes
-    every rank write ``RUN/rank_<r>_params.sha256`` at the end, to check that
-    DDP replicas agree.
+    ``kind`` is the checkpoint kind; ``method`` defaults to the kind's (``kp_perception.kinds``;
+    a class or ``"module:Class"`` may be given, e.g. by tests). ``config`` is the typed
+    config (``resolve_run_config`` / ``load_config``). Under torchrun every rank calls
+    this; only rank 0 writes. ``write_rank_hashes`` makes every rank write
+    ``RUN/rank_<r>_params.sha256`` at the end, to check that DDP replicas agree.
     """
     retain_freed_memory()
     dev = resolve_device(device)
     dist.init_process_group(dev.type)
     try:
-        return _train(kind, config, data_paths, Path(out_dir), method, dev, progress, write_rank_hashes)
+        cls = resolve_method(method) if isinstance(method, str) else (method or resolve_method(kind))
+        run = _start(kind, config, [str(p) for p in data_paths], Path(out_dir), cls, dev)
+        reason = _loop(run, progress)
+        return _finish(run, reason, write_rank_hashes)
     finally:
         dist.destroy_process_group()
 
 
-def _train(
-    kind: str,
-    config: dict,
-    data_paths: list[str],
-    out: Path,
-    method_spec: str | type[TrainingMethod] | None,
+@dataclass
+class _Run:
+    """What one training invocation holds; each function below does one part of the loop with it."""
+
+    kind: str
+    config: TrainingConfig
+    out: Path
+    data_paths: list[str]
+    device: torch.device
+    model: TrainingMethod
+    wrapped: torch.nn.Module  # the model, or its DDP wrapper under torchrun
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, Any]
+    scaler: torch.amp.GradScaler
+    main_params: list[torch.nn.Parameter]
+    val_ds: Dataset | None
+    stream: ShardedStream | None = None  # set once the resumed step is known
+    loader: DataLoader | None = None
+    step: int = 0
+    best_metric: float = math.inf
+    loss_ema: float | None = None
+    elapsed_before: float = 0.0  # training seconds of earlier invocations of this run
+    t_start: float = field(default_factory=time.monotonic)  # reset when the loop starts: setup is not training
+    writer: Any = None  # TensorBoard, rank 0 only
+    image_writer: Any = None
+    images_seen: int = 0
+
+    @property
+    def settings(self) -> TrainSettings:
+        return self.config.train
+
+    @property
+    def rank(self) -> int:
+        return dist.rank()
+
+    @property
+    def world(self) -> int:
+        return dist.world_size()
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def use_amp(self) -> bool:
+        return self.settings.amp and self.device.type == "cuda"
+
+    @property
+    def best_by(self) -> str:
+        return "val_loss" if self.val_ds is not None and len(self.val_ds) > 0 else "train_loss_ema"
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.pt"
+
+
+def _start(
+    kind: str, config: TrainingConfig, data_paths: list[str], out: Path, cls: type[TrainingMethod],
     device: torch.device,
-    progress: bool,
-    write_rank_hashes: bool,
-) -> dict[str, Any]:
-    settings = train_settings(config)
-    rank, world = dist.rank(), dist.world_size()
-    main = rank == 0
-    data_paths = [str(p) for p in data_paths]
-    last_path, best_path = out / "last.pt", out / "best.pt"
-
-    resume = _load_resume_checkpoint(last_path, kind) if last_path.exists() else None
-    if resume is not None:
-        bad = incompatible_keys(with_defaults(resume["config"]), config)
-        if bad:
-            raise ConfigError(
-                f"{last_path}: config differs from the run's in {', '.join(bad[:5])}"
-                f"{' ...' if len(bad) > 5 else ''}; only steps/budget/logging may change on resume (use another --out)"
-            )
-        saved_paths = resume["training"].get("data_paths")
-        resolved = [str(Path(p).resolve()) for p in data_paths]
-        if saved_paths is not None and [str(Path(p).resolve()) for p in saved_paths] != resolved:
-            raise ConfigError(f"{last_path}: run was trained on {saved_paths}, not {data_paths}; use another --out")
-
+) -> _Run:
+    """Build the method, datasets, optimisers and loader; restore them from ``RUN/last.pt`` when resuming."""
+    settings = config.train
+    resume = _check_resume(kind, config, data_paths, out, cls)
     # Same seed on every rank so initial weights agree (DDP also broadcasts rank 0's).
     _seed_all(settings.seed)
-    cls = resolve_method(method_spec) if isinstance(method_spec, str) else (method_spec or resolve_method(kind))
     model = cls(config).to(device)
-    if world > 1 and device.type == "cuda":
+    if dist.world_size() > 1 and device.type == "cuda":
         # Batch statistics over all GPUs (same state-dict keys, so checkpoints are unchanged).
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     train_ds, val_ds = cls.build_datasets(config, data_paths)
@@ -376,53 +423,91 @@ def _train(
     optimizers = model.configure_optimizers()
     if "main" not in optimizers:
         raise ConfigError(f"{cls.__name__}.configure_optimizers() must return a 'main' optimiser")
-    schedulers = model.configure_schedulers(optimizers)
     main_params = [p for g in optimizers["main"].param_groups for p in g["params"]]
-    use_amp = settings.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-
-    step, best_metric, loss_ema, elapsed_before = 0, math.inf, None, 0.0
+    scaler = torch.amp.GradScaler(device.type, enabled=settings.amp and device.type == "cuda")
+    run = _Run(
+        kind=kind, config=config, out=out, data_paths=data_paths, device=device, model=model, wrapped=model,
+        optimizers=optimizers, schedulers=model.configure_schedulers(optimizers), scaler=scaler,
+        main_params=main_params, val_ds=val_ds,
+    )
     if resume is not None:
-        state = resume["training"]
-        try:
-            model.load_state_dict(state["method"])
-            for name, opt in optimizers.items():
-                opt.load_state_dict(state["optimizers"][name])
-            for name, sched in schedulers.items():
-                sched.load_state_dict(state["schedulers"][name])
-            if state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-        except (KeyError, RuntimeError, ValueError) as exc:  # e.g. the method's code changed since
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise ModelLoadError(f"{last_path}: cannot resume this run ({reason[:300]})") from None
-        step, best_metric = int(state["step"]), float(state["best_metric"])
-        loss_ema, elapsed_before = state.get("loss_ema"), float(state.get("elapsed_seconds", 0.0))
-        rngs = state["rng"]
-        if rank < len(rngs) and len(rngs) == world:
-            _set_rng_state(rngs[rank])
-        else:  # a different world size cannot continue bit-exact; continue deterministically
-            _seed_all(_item_seed(settings.seed, rank, step))
+        _restore(run, resume["training"])
     else:
-        _seed_all(_item_seed(settings.seed, rank))  # per-rank randomness (dropout, warps) after identical init
+        _seed_all(_item_seed(settings.seed, run.rank))  # per-rank randomness (dropout, warps) after identical init
+    run.wrapped = _wrap_ddp(model, main_params, device, settings) if run.world > 1 else model
+    run.stream = ShardedStream(len(train_ds), settings.batch_size, settings.seed, run.rank, run.world, start=run.step)
+    run.loader = _loader(train_ds, run.stream, settings, device)
+    if run.main:
+        _open_run_directory(run, resumed=resume is not None)
+    return run
 
-    wrapped: torch.nn.Module = model
-    if world > 1:
-        # DDP syncs the gradients of what optimizers["main"] steps; parameters stepped elsewhere (TUSK's
-        # prototypes in after_main_step) are the method's to sync (all_reduce_grads), so DDP must not
-        # track them: their backward passes outside DDP's forward/backward would corrupt its reducer.
-        in_main = {id(p) for p in main_params}
-        outside = [n for n, p in model.named_parameters() if id(p) not in in_main]
-        outside += [f".{n}" for n in outside if "." not in n]  # DDP spells a root module's own params ".name"
-        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, outside)
-        wrapped = torch.nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=settings.find_unused_parameters,
+
+def _check_resume(
+    kind: str, config: TrainingConfig, data_paths: list[str], out: Path, cls: type[TrainingMethod]
+) -> dict | None:
+    """``RUN/last.pt`` when the run resumes, after checking the config and data are the run's own."""
+    last = out / "last.pt"
+    if not last.exists():
+        return None
+    resume = _load_resume_checkpoint(last, kind)
+    bad = incompatible_keys(config_from_saved(kind, resume["config"], str(last), method=cls, warn=False), config)
+    if bad:
+        raise ConfigError(
+            f"{last}: config differs from the run's in {', '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}; only steps/budget/logging may change on resume (use another --out)"
         )
+    saved_paths = resume["training"].get("data_paths")
+    resolved = [str(Path(p).resolve()) for p in data_paths]
+    if saved_paths is not None and [str(Path(p).resolve()) for p in saved_paths] != resolved:
+        raise ConfigError(f"{last}: run was trained on {saved_paths}, not {data_paths}; use another --out")
+    return resume
 
-    stream = ShardedStream(len(train_ds), settings.batch_size, settings.seed, rank, world, start=step)
+
+def _restore(run: _Run, state: dict[str, Any]) -> None:
+    """Method, optimiser, scheduler, scaler and RNG states from a checkpoint's ``training`` entry."""
+    try:
+        run.model.load_state_dict(state["method"])
+        for name, opt in run.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        for name, sched in run.schedulers.items():
+            sched.load_state_dict(state["schedulers"][name])
+        if state.get("scaler"):
+            run.scaler.load_state_dict(state["scaler"])
+    except (KeyError, RuntimeError, ValueError) as exc:  # e.g. the method's code changed since
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ModelLoadError(f"{run.last_path}: cannot resume this run ({reason[:300]})") from None
+    run.step, run.best_metric = int(state["step"]), float(state["best_metric"])
+    run.loss_ema, run.elapsed_before = state.get("loss_ema"), float(state.get("elapsed_seconds", 0.0))
+    rngs = state["rng"]
+    if run.rank < len(rngs) and len(rngs) == run.world:
+        _set_rng_state(rngs[run.rank])
+    else:  # a different world size cannot continue bit-exact; continue deterministically
+        _seed_all(_item_seed(run.settings.seed, run.rank, run.step))
+
+
+def _wrap_ddp(
+    model: TrainingMethod, main_params: list[torch.nn.Parameter], device: torch.device, settings: TrainSettings
+) -> torch.nn.Module:
+    """DDP over the parameters ``optimizers["main"]`` steps.
+
+    Parameters stepped elsewhere (TUSK's prototypes in ``after_main_step``) are the
+    method's to sync (``all_reduce_grads``), so DDP must not track them: their backward
+    passes outside DDP's forward/backward would corrupt its reducer.
+    """
+    in_main = {id(p) for p in main_params}
+    outside = [n for n, p in model.named_parameters() if id(p) not in in_main]
+    outside += [f".{n}" for n in outside if "." not in n]  # DDP spells a root module's own params ".name"
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, outside)
+    return torch.nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=settings.find_unused_parameters,
+    )
+
+
+def _loader(train_ds: Dataset, stream: ShardedStream, settings: TrainSettings, device: torch.device) -> DataLoader:
     workers = settings.num_workers
-    loader = DataLoader(
+    return DataLoader(
         SeededItems(train_ds),
         batch_sampler=stream,
         num_workers=workers,
@@ -433,163 +518,219 @@ def _train(
         generator=torch.Generator().manual_seed(settings.seed),  # iterator creation must not draw from the global RNG
     )
 
-    writer = None
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        dump_config(config, out / "config.yaml")
-        from torch.utils.tensorboard import SummaryWriter
 
-        from kp_perception_training.tensorboard_images import ExampleImageWriter
+def _open_run_directory(run: _Run, resumed: bool) -> None:
+    """Rank 0: clear a killed save's temporary files, write ``config.yaml``, open TensorBoard."""
+    from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out / "tb"), purge_step=step if resume is not None else None)
-        image_writer = ExampleImageWriter(writer, out / "images")
+    from kp_perception_training.tensorboard_images import ExampleImageWriter
 
-    best_by = "val_loss" if val_ds is not None and len(val_ds) > 0 else "train_loss_ema"
+    run.out.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temporaries([run.last_path, run.best_path, run.out / "config.yaml"])
+    if stale:
+        log.warning("%s: removed %d temporary file(s) of an interrupted save (%s)", run.out, len(stale),
+                    ", ".join(p.name for p in stale))
+    dump_config(run.config, run.out / "config.yaml")
+    run.writer = SummaryWriter(str(run.out / "tb"), purge_step=run.step if resumed else None)
+    run.image_writer = ExampleImageWriter(run.writer, run.out / "images")
 
-    def checkpoint(path: Path) -> None:
-        rngs = _gather_objects(_rng_state())
-        if not main:
-            return
-        save_checkpoint(
-            path,
-            {
-                "kind": kind,
-                "config": config,
-                "encoder": model.encoder.state_dict(),
-                "training": {
-                    "step": step,
-                    "method": model.state_dict(),
-                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                    "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-                    "scaler": scaler.state_dict() if use_amp else None,
-                    "rng": rngs,
-                    "sampler": stream.state(step),
-                    "best_metric": best_metric,
-                    "best_by": best_by,
-                    "loss_ema": loss_ema,
-                    "data_paths": data_paths,
-                    "world_size": world,
-                    "elapsed_seconds": elapsed_before + (time.monotonic() - t_start),
-                },
+
+def _save(run: _Run, path: Path) -> None:
+    """Write a checkpoint of the run as it stands (every rank takes part: RNG states are gathered)."""
+    rngs = _gather_objects(_rng_state())
+    if not run.main:
+        return
+    save_checkpoint(
+        path,
+        {
+            "kind": run.kind,
+            "config": run.config.to_dict(),
+            "encoder": run.model.encoder.state_dict(),
+            "training": {
+                "step": run.step,
+                "method": run.model.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in run.optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in run.schedulers.items()},
+                "scaler": run.scaler.state_dict() if run.use_amp else None,
+                "rng": rngs,
+                "sampler": run.stream.state(run.step),
+                "best_metric": run.best_metric,
+                "best_by": run.best_by,
+                "loss_ema": run.loss_ema,
+                "data_paths": run.data_paths,
+                "world_size": run.world,
+                "elapsed_seconds": run.elapsed_before + (time.monotonic() - run.t_start),
             },
-        )
+        },
+    )
 
-    stop = _StopRequest()
-    reason = "done"
-    images_seen, window_images, window_start = 0, 0, time.monotonic()
-    images_per_second = 0.0
-    t_start = time.monotonic()
-    budget = settings.max_minutes * 60.0 if settings.max_minutes is not None else None
+
+def _step(run: _Run, batch: dict[str, Any]) -> tuple[float, dict[str, float]]:
+    """One optimisation step: forward, backward, main step, the method's extra steps, schedulers."""
+    settings = run.settings
+    run.model.train()
+    with training_autocast(settings, run.device):
+        loss, logs, extra = run.wrapped(batch)
+    if not torch.isfinite(loss.detach()).all():
+        raise TrainingDivergedError(
+            f"{run.out}: loss became {loss.item()} at step {run.step + 1}; "
+            f"{run.last_path.name} keeps the last checkpoint"
+        )
+    run.model.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if settings.grad_clip is not None:
+        run.scaler.unscale_(run.optimizers["main"])
+        torch.nn.utils.clip_grad_norm_(run.main_params, settings.grad_clip)
+    run.scaler.step(run.optimizers["main"])
+    run.scaler.update()
+    more = run.model.after_main_step(batch, _float32(extra), run.optimizers)
+    for sched in run.schedulers.values():
+        sched.step()
+    run.step += 1
+    value = float(loss.detach())
+    run.loss_ema = value if run.loss_ema is None else settings.loss_ema * run.loss_ema + (1 - settings.loss_ema) * value
+    return value, {**logs, **more}
+
+
+class _SpeedMeter:
+    """Images per second over the steps since the last log line."""
+
+    def __init__(self) -> None:
+        self.images, self.since = 0, time.monotonic()
+
+    def add(self, images: int) -> None:
+        self.images += images
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        rate = self.images / max(now - self.since, 1e-9)
+        self.images, self.since = 0, now
+        return rate
+
+
+def _log_scalars(run: _Run, value: float, logs: dict[str, float], images_per_second: float) -> None:
+    writer = run.writer
+    writer.add_scalar("loss/main", value, run.step)
+    writer.add_scalar("loss/ema", run.loss_ema, run.step)
+    writer.add_scalar("speed/images_per_second", images_per_second, run.step)
+    writer.add_scalar("lr/main", run.optimizers["main"].param_groups[0]["lr"], run.step)
+    for name, v in logs.items():
+        writer.add_scalar(name, float(v), run.step)
+
+
+def _log_images(run: _Run, batch: dict[str, Any]) -> None:
+    with _forked_rng(), torch.no_grad():
+        run.model.eval()
+        run.model.log_images(run.image_writer, batch, run.step)
+        run.model.train()
+
+
+def _validate_and_keep_best(run: _Run) -> None:
+    """Validation loss now; a new lowest one writes ``best.pt``."""
+    val_loss = _validate(run.model, run.val_ds, run.settings, run.device, run.rank, run.world, run.use_amp)
+    if run.main:
+        run.writer.add_scalar("loss/val", val_loss, run.step)
+    if val_loss < run.best_metric:
+        run.best_metric = val_loss
+        _save(run, run.best_path)
+
+
+def _stop_reason(run: _Run, stop: _StopRequest) -> str | None:
+    """"budget", "signal SIGTERM" / "signal SIGINT" (or "... on another rank"), or None to go on; ranks agree."""
+    budget = run.settings.max_minutes * 60.0 if run.settings.max_minutes is not None else None
+    elapsed = time.monotonic() - run.t_start
+    flags = [float(budget is not None and elapsed >= budget), float(stop.signal_name is not None)]
+    if run.world > 1:  # every rank stops at the same step
+        flags = dist.all_reduce_sum(flags, run.device)
+    if flags[0] > 0:
+        return "budget"
+    if flags[1] > 0:
+        return f"signal {stop.signal_name or 'on another rank'}"
+    return None
+
+
+def _checkpoint(run: _Run) -> None:
+    """``last.pt`` (and, choosing best by the training-loss EMA, ``best.pt`` when it is lowest)."""
+    if run.best_by == "train_loss_ema":
+        mean_ema = dist.all_reduce_sum([run.loss_ema], run.device)[0] / run.world  # same on every rank
+        if mean_ema < run.best_metric:
+            run.best_metric = mean_ema
+            _save(run, run.best_path)
+    _save(run, run.last_path)
+
+
+def _loop(run: _Run, progress: bool) -> str:
+    """Train until ``train.steps``, the time budget or a signal; returns why it stopped."""
     from tqdm import tqdm
 
-    bar = tqdm(total=settings.steps, initial=min(step, settings.steps), disable=not (main and progress),
-               unit="step", dynamic_ncols=True, desc=f"train {kind}")
-    iterator = iter(loader)
+    settings = run.settings
+    stop = _StopRequest()
+    reason = "done"
+    speed = _SpeedMeter()
+    bar = tqdm(total=settings.steps, initial=min(run.step, settings.steps), disable=not (run.main and progress),
+               unit="step", dynamic_ncols=True, desc=f"train {run.kind}")
+    iterator = iter(run.loader)
+    run.t_start = time.monotonic()
     try:
         with _stop_on_signals(stop):
-            while step < settings.steps:
-                batch = _to_device(next(iterator), device, non_blocking=device.type == "cuda")
-                model.train()
-                with training_autocast(settings, device):
-                    loss, logs, extra = wrapped(batch)
-                if not torch.isfinite(loss.detach()).all():
-                    raise TrainingDivergedError(
-                        f"{out}: loss became {loss.item()} at step {step + 1}; {last_path.name} keeps the last checkpoint"
-                    )
-                model.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if settings.grad_clip is not None:
-                    scaler.unscale_(optimizers["main"])
-                    torch.nn.utils.clip_grad_norm_(main_params, settings.grad_clip)
-                scaler.step(optimizers["main"])
-                scaler.update()
-                more = model.after_main_step(batch, _float32(extra), optimizers)
-                for sched in schedulers.values():
-                    sched.step()
-                step += 1
-
-                value = float(loss.detach())
-                loss_ema = value if loss_ema is None else settings.loss_ema * loss_ema + (1 - settings.loss_ema) * value
-                n_images = model.images_in_batch(batch) * world
-                images_seen += n_images
-                window_images += n_images
+            while run.step < settings.steps:
+                batch = _to_device(next(iterator), run.device, non_blocking=run.device.type == "cuda")
+                value, logs = _step(run, batch)
+                images = run.model.images_in_batch(batch) * run.world
+                run.images_seen += images
+                speed.add(images)
                 bar.update(1)
-
-                if main and (step % settings.log_every == 0 or step == settings.steps):
-                    now = time.monotonic()
-                    images_per_second = window_images / max(now - window_start, 1e-9)
-                    window_images, window_start = 0, now
-                    bar.set_postfix(loss=f"{value:.4g}", img_s=f"{images_per_second:.1f}")
-                    writer.add_scalar("loss/main", value, step)
-                    writer.add_scalar("loss/ema", loss_ema, step)
-                    writer.add_scalar("speed/images_per_second", images_per_second, step)
-                    writer.add_scalar("lr/main", optimizers["main"].param_groups[0]["lr"], step)
-                    for name, v in {**logs, **more}.items():
-                        writer.add_scalar(name, float(v), step)
-
-                if main and step % settings.image_every == 0:
-                    with _forked_rng(), torch.no_grad():
-                        model.eval()
-                        model.log_images(image_writer, batch, step)
-                        model.train()
-
-                if best_by == "val_loss" and (step % settings.val_every == 0 or step == settings.steps):
-                    val_loss = _validate(model, val_ds, settings, device, rank, world, use_amp)
-                    if main:
-                        writer.add_scalar("loss/val", val_loss, step)
-                    if val_loss < best_metric:
-                        best_metric = val_loss
-                        checkpoint(best_path)
-
-                elapsed = time.monotonic() - t_start
-                flags = [float(budget is not None and elapsed >= budget), float(stop.signal_name is not None)]
-                if world > 1:  # every rank stops at the same step
-                    flags = dist.all_reduce_sum(flags, device)
-                over_budget, signalled = flags[0] > 0, flags[1] > 0
-                wants_stop = over_budget or signalled
-                if wants_stop:
-                    reason = "budget" if over_budget else f"signal {stop.signal_name or 'on another rank'}"
-                if wants_stop or step % settings.checkpoint_every == 0 or step == settings.steps:
-                    if best_by == "train_loss_ema":
-                        mean_ema = dist.all_reduce_sum([loss_ema], device)[0] / world  # same on every rank
-                        if mean_ema < best_metric:
-                            best_metric = mean_ema
-                            checkpoint(best_path)
-                    checkpoint(last_path)
-                if wants_stop:
+                last_step = run.step == settings.steps
+                if run.main and (run.step % settings.log_every == 0 or last_step):
+                    rate = speed.rate()
+                    bar.set_postfix(loss=f"{value:.4g}", img_s=f"{rate:.1f}")
+                    _log_scalars(run, value, logs, rate)
+                if run.main and run.step % settings.image_every == 0:
+                    _log_images(run, batch)
+                if run.best_by == "val_loss" and (run.step % settings.val_every == 0 or last_step):
+                    _validate_and_keep_best(run)
+                stopped = _stop_reason(run, stop)
+                if stopped or run.step % settings.checkpoint_every == 0 or last_step:
+                    _checkpoint(run)
+                if stopped:
+                    reason = stopped
                     break
     finally:
         bar.close()
         del iterator
-        if writer is not None:
-            writer.flush()
-            writer.close()
+        if run.writer is not None:
+            run.writer.flush()
+            run.writer.close()
+    return reason
 
-    if world > 1:
+
+def _finish(run: _Run, reason: str, write_rank_hashes: bool) -> dict[str, Any]:
+    """Make every replica hold rank 0's buffers, write rank hashes if asked, and summarise."""
+    if run.world > 1:
         # DDP broadcasts rank 0's buffers (BatchNorm statistics) before every forward; do it once more
         # so every replica ends holding exactly what rank 0 saved.
-        for buffer in model.buffers():
+        for buffer in run.model.buffers():
             torch.distributed.broadcast(buffer, src=0)
     if write_rank_hashes:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"rank_{rank}_params.sha256").write_text(parameter_hash(model) + "\n")
+        run.out.mkdir(parents=True, exist_ok=True)
+        (run.out / f"rank_{run.rank}_params.sha256").write_text(parameter_hash(run.model) + "\n")
     dist.barrier()
-    elapsed = time.monotonic() - t_start
+    elapsed = time.monotonic() - run.t_start
     return {
-        "kind": kind,
-        "step": step,
-        "steps": settings.steps,
+        "kind": run.kind,
+        "step": run.step,
+        "steps": run.settings.steps,
         "stopped": reason,
-        "last": str(last_path),
-        "best": str(best_path) if best_path.exists() else None,
-        "best_by": best_by,
-        "best_metric": best_metric if math.isfinite(best_metric) else None,
-        "loss_ema": loss_ema,
-        "images_per_second": images_seen / elapsed if elapsed > 0 else 0.0,
+        "last": str(run.last_path),
+        "best": str(run.best_path) if run.best_path.exists() else None,
+        "best_by": run.best_by,
+        "best_metric": run.best_metric if math.isfinite(run.best_metric) else None,
+        "loss_ema": run.loss_ema,
+        "images_per_second": run.images_seen / elapsed if elapsed > 0 else 0.0,
         "elapsed_seconds": elapsed,
-        "world_size": world,
-        "rank": rank,
-        "device": str(device),
+        "world_size": run.world,
+        "rank": run.rank,
+        "device": str(run.device),
     }
 
 

@@ -60,6 +60,7 @@ class OnnxRuntimeBackend(Backend):
         model_path = Path(model_path)
         if not model_path.is_file():
             raise ModelLoadError(f"{model_path}: model file not found")
+        providers = choose_providers(list(providers)) if providers else None
         self.sidecar = read_sidecar(sidecar_path(model_path), expected_kind)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -112,3 +113,33 @@ def _spec(arg) -> TensorSpec:
 
 def _describe(specs: tuple[TensorSpec, ...]) -> str:
     return ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in specs) or "(none)"
+
+
+def choose_providers(requested: list[str]) -> list[str]:
+    """The requested execution providers this onnxruntime build can run, in order.
+
+    A name onnxruntime does not know (a typo) is a ConfigError listing the known
+    ones; a known provider this build or machine lacks (CUDA on a CPU build) is
+    skipped with a warning, and CPU is the fallback when none is left.
+    """
+    import logging
+
+    import onnxruntime as ort
+
+    from kp_perception.errors import ConfigError
+
+    known = ort.get_all_providers()
+    unknown = [p for p in requested if p not in known]
+    if unknown:
+        raise ConfigError(
+            f"unknown onnxruntime execution provider(s) {', '.join(unknown)}; known: {', '.join(known)}"
+        )
+    available = set(ort.get_available_providers())
+    chosen = [p for p in requested if p in available]
+    missing = [p for p in requested if p not in available]
+    if missing:
+        fallback = "" if chosen else "; running on CPUExecutionProvider"
+        logging.getLogger(__name__).warning(
+            "onnxruntime execution provider(s) %s not available in this build%s", ", ".join(missing), fallback
+        )
+    return chosen or ["CPUExecutionProvider"]

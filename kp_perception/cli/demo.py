@@ -14,7 +14,7 @@ What it does, in order (each step is the real thing, not a mock):
 4. records what the node publishes (the exact CDR bytes, plus ``/diagnostics``
    and, with ``--debug-image``, the debug image) into ``OUT/node_output/``
    (mcap, readable offline with rosbags);
-5. draws the RECEIVED messages on the frames they answer (matched by header
+5. draws the RECEIVED messages (``kp_perception.cli.demo_summary``) on the frames they answer (matched by header
    stamp) into ``OUT/keypoints.gif``, ``.mp4`` and one ``.png``, and writes
    ``OUT/summary.json``: frames sent/received, output rate, end-to-end
    latency p50/p99 (receive time - image stamp, same host clock), and how far
@@ -36,24 +36,27 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kp_perception.cli.demo_summary import (
+    DEBUG_IMAGE_TYPE,
+    DEMO_KINDS,
+    DIAGNOSTICS_TYPE,
+    MSG_TYPES,
+    Received,
+    message_classes,
+    print_summary,
+    summarise,
+)
+from kp_perception.kinds import KINDS
 from kp_perception.resources import share_path
 
 IMAGE_TOPIC = "/camera/image_raw"
-MSG_TYPES = {
-    "pyramids": "kp_perception_msgs/msg/KeypointPyramid",
-    "tusk": "kp_perception_msgs/msg/PrototypeDetectionArray",
-}
-DIAGNOSTICS_TYPE = "diagnostic_msgs/msg/DiagnosticArray"
-DEBUG_IMAGE_TYPE = "sensor_msgs/msg/Image"
 
 
 def add_parser(subparsers) -> None:
@@ -67,7 +70,7 @@ def add_parser(subparsers) -> None:
             "with a summary of rate, latency and keypoint motion (summary.json)."
         ),
     )
-    sub.add_argument("kind", choices=tuple(MSG_TYPES), help="which node and shipped model to run")
+    sub.add_argument("kind", choices=DEMO_KINDS, help="which node and shipped model to run")
     sub.add_argument("--out", type=Path, help="output folder (default: out/demo_<kind>); earlier demo outputs "
                      "in it are replaced")
     sub.add_argument("--model", type=Path, help="exported model (.onnx + .json sidecar; default: models/<kind>.onnx)")
@@ -79,20 +82,6 @@ def add_parser(subparsers) -> None:
     sub.add_argument("--startup-timeout", type=float, default=60.0,
                      help="seconds to wait for the node to load its model and match topics (default 60)")
     sub.set_defaults(func=run)
-
-
-# ---------------------------------------------------------------------------------------------
-# What the demo collected
-
-
-@dataclass(frozen=True)
-class Received:
-    """One message from the node: its topic, CDR bytes and receive time (ns, system clock)."""
-
-    topic: str
-    msgtype: str
-    data: bytes
-    received_ns: int
 
 
 def default_model(kind: str) -> Path:
@@ -134,12 +123,12 @@ def run(args: argparse.Namespace) -> int:
     domain = _choose_domain()
     received, sent, node_exit = _run_node_and_play(args, frames, domain)
     bag = _write_bag(out / "node_output", received)
-    summary = _summarise(args, frames, recording, sent, received, node_exit, domain)
+    summary = summarise(args, frames, recording, sent, received, node_exit, domain)
     summary["outputs"]["bag"] = str(bag)
     summary["outputs"]["recording"] = str(recording)
     summary["wall_time_s"] = round(time.monotonic() - started, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _print_summary(summary, out)
+    print_summary(summary, out)
     return 0
 
 
@@ -170,23 +159,21 @@ def _choose_domain() -> int:
 
 
 def _node_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str], str]:
-    """The node's command line and environment, exactly as ``<kind>.launch.py`` builds them."""
+    """The node's command line and environment, exactly as ``<kind>.launch.py`` builds them, and its output topic."""
     import yaml
 
-    from kp_perception.nodes.launch_args import default_params_file, node_launch_config
+    from kp_perception.nodes.launch_args import default_params_file, node_command, node_launch_config
 
+    node = KINDS[args.kind].node
     cfg = node_launch_config(
-        args.kind,
-        params_file=default_params_file(args.kind),
+        node.name,
+        params_file=default_params_file(node.name),
         model=str(args.model.resolve()),
         image_topic=IMAGE_TOPIC,
         debug=args.debug_image,
     )
-    exe = shutil.which(cfg.executable, path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    command = [exe] if exe else [sys.executable, "-m", f"kp_perception.nodes.{cfg.executable}"]
     params = yaml.safe_load(Path(cfg.params_file).read_text())["/**"]["ros__parameters"]
-    output_topic = "/" + str(params.get("output_topic", "keypoints" if args.kind == "pyramids" else "detections"))
-    return [*command, *cfg.ros_arguments()], dict(cfg.env), output_topic
+    return node_command(cfg), dict(cfg.env), "/" + str(params.get("output_topic", node.output_topic))
 
 
 def _run_node_and_play(
@@ -223,7 +210,7 @@ def _run_node_and_play(
                     received.append(Received(topic, msgtype, bytes(data), time.time_ns()))
             return callback
 
-        msg_classes = _message_classes()
+        msg_classes = message_classes()
         reliable = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
         outputs = [(output_topic, MSG_TYPES[args.kind]), ("/diagnostics", DIAGNOSTICS_TYPE)]
         if args.debug_image:
@@ -254,20 +241,6 @@ def _run_node_and_play(
         node.destroy_node()
         rclpy.try_shutdown()
     return received, sent, node_exit
-
-
-def _message_classes() -> dict[str, type]:
-    from diagnostic_msgs.msg import DiagnosticArray
-    from sensor_msgs.msg import Image
-
-    from kp_perception_msgs.msg import KeypointPyramid, PrototypeDetectionArray
-
-    return {
-        MSG_TYPES["pyramids"]: KeypointPyramid,
-        MSG_TYPES["tusk"]: PrototypeDetectionArray,
-        DIAGNOSTICS_TYPE: DiagnosticArray,
-        DEBUG_IMAGE_TYPE: Image,
-    }
 
 
 def _wait_for_outputs(received: list[Received], lock: threading.Lock, topic: str, expected: int,
@@ -303,241 +276,11 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else "(no output)"
 
 
-def kp_typestore():
-    """The rosbags typestore (ROS 2 Kilted) with the kp_perception_msgs types registered from their .msg files."""
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
-    from kp_perception.errors import KpPerceptionError
-
-    candidates = [Path(p) / "share" / "kp_perception_msgs" / "msg"
-                  for p in [sys.prefix, *os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)] if p]
-    candidates.append(share_path("kp_perception_msgs", "msg"))
-    msg_dir = next((d for d in candidates if any(d.glob("*.msg"))), None)
-    if msg_dir is None:
-        raise KpPerceptionError("kp_perception_msgs/msg/*.msg not found (run `make setup`)")
-    store = get_typestore(Stores.ROS2_KILTED)
-    types: dict[str, Any] = {}
-    for path in sorted(msg_dir.glob("*.msg")):
-        types.update(get_types_from_msg(path.read_text(), f"kp_perception_msgs/msg/{path.stem}"))
-    store.register(types)
-    return store
-
-
 def _write_bag(path: Path, received: list[Received]) -> Path:
     """Write what the node published (CDR bytes as received) into an mcap rosbag2 at ``path``."""
-    from rosbags.rosbag2 import StoragePlugin, Writer
+    from kp_perception_training.data.bag_writer import BagWriter
 
-    store = kp_typestore()
-    writer = Writer(path, version=Writer.VERSION_LATEST, storage_plugin=StoragePlugin.MCAP)
-    connections: dict[str, Any] = {}
-    with writer:
+    with BagWriter(path, "mcap", kp_msgs=True) as bag:
         for r in sorted(received, key=lambda r: r.received_ns):
-            if r.topic not in connections:
-                connections[r.topic] = writer.add_connection(r.topic, r.msgtype, typestore=store)
-            writer.write(connections[r.topic], r.received_ns, r.data)
+            bag.write_cdr(r.topic, r.msgtype, r.data, r.received_ns)
     return path
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. drawing and summary
-
-
-def result_from_message(msg: Any, kind: str):
-    """A decoded KeypointPyramid / PrototypeDetectionArray -> the result type the drawing takes."""
-    from kp_perception.results import KeypointPyramidResult, PrototypeDetectionResult
-
-    if kind == "pyramids":
-        kps = msg.keypoints
-        return KeypointPyramidResult(
-            xy=np.array([[k.x, k.y] for k in kps], dtype=np.float32).reshape(-1, 2),
-            scores=np.array([k.score for k in kps], dtype=np.float32),
-            levels=np.array([k.level for k in kps], dtype=np.int32),
-            parents=np.array([k.parent for k in kps], dtype=np.int32),
-            level_sizes=tuple(int(s) for s in msg.level_sizes),
-            image_width=int(msg.image_width),
-            image_height=int(msg.image_height),
-        )
-    dets = msg.detections
-    dim = len(dets[0].descriptor) if dets else 0
-    return PrototypeDetectionResult(
-        xy=np.array([[d.x, d.y] for d in dets], dtype=np.float32).reshape(-1, 2),
-        scores=np.array([d.score for d in dets], dtype=np.float32),
-        prototypes=np.array([d.prototype for d in dets], dtype=np.int32),
-        distances=np.array([d.distance for d in dets], dtype=np.float32),
-        descriptors=np.array([list(d.descriptor) for d in dets], dtype=np.float32).reshape(-1, dim),
-        num_prototypes=int(msg.num_prototypes),
-        image_width=int(msg.image_width),
-        image_height=int(msg.image_height),
-    )
-
-
-def keypoint_displacement(prev, curr, kind: str) -> float:
-    """Mean pixel distance keypoints moved between two results (NaN when one is empty).
-
-    Pyramids: keypoint i is the same keypoint in every frame, so index to index.
-    TUSK: detections are unordered, so each current detection to the nearest
-    previous one.
-    """
-    a, b = np.asarray(prev.xy, dtype=np.float64), np.asarray(curr.xy, dtype=np.float64)
-    if len(a) == 0 or len(b) == 0:
-        return float("nan")
-    if kind == "pyramids" and a.shape == b.shape:
-        return float(np.linalg.norm(b - a, axis=1).mean())
-    return float(np.linalg.norm(b[:, None, :] - a[None, :, :], axis=2).min(axis=1).mean())
-
-
-def ground_truth_motion(annotations_csv: Path, frames: int) -> np.ndarray:
-    """Mean pixel motion of the simulator's visible ground-truth points from frame i-1 to i (index 0 = NaN)."""
-    from kp_perception_training.sim.annotations import group_by_frame, read_annotations
-
-    grouped = group_by_frame(read_annotations(annotations_csv))
-    motion = np.full(frames, np.nan)
-    for i in range(1, frames):
-        prev, curr = grouped.get(("episode_000", i - 1), {}), grouped.get(("episode_000", i), {})
-        moved = [np.hypot(curr[n].x - prev[n].x, curr[n].y - prev[n].y)
-                 for n in curr if n in prev and curr[n].visible and prev[n].visible]
-        if moved:
-            motion[i] = float(np.mean(moved))
-    return motion
-
-
-def _percentile_ms(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 2) if values else None
-
-
-def _summarise(args, frames, recording, sent, received, node_exit, domain) -> dict[str, Any]:
-    from rclpy.serialization import deserialize_message
-    from tqdm import tqdm
-
-    from kp_perception.drawing import draw_detections, draw_pyramid
-    from kp_perception.media import AnnotatedVideoWriter
-
-    kind = args.kind
-    msg_class = _message_classes()[MSG_TYPES[kind]]
-    by_stamp = {s.stamp_ns: s for s in sent}
-    outputs = [r for r in received if r.msgtype == MSG_TYPES[kind]]
-    results: dict[int, Any] = {}
-    latencies_ms: list[float] = []
-    receive_times: list[int] = []
-    unmatched = 0
-    for r in outputs:
-        msg = deserialize_message(r.data, msg_class)
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        frame = by_stamp.get(stamp)
-        if frame is None:
-            unmatched += 1
-            continue
-        results[frame.index] = result_from_message(msg, kind)
-        latencies_ms.append((r.received_ns - stamp) * 1e-6)
-        receive_times.append(r.received_ns)
-
-    # Motion: consecutive frames the node answered both of, next to the ground truth's motion.
-    gt = ground_truth_motion(recording / "annotations.csv", len(frames))
-    pairs = [(i, keypoint_displacement(results[i - 1], results[i], kind), gt[i])
-             for i in sorted(results) if i - 1 in results]
-    pairs = [(i, d, g) for i, d, g in pairs if np.isfinite(d)]
-    disp = np.array([d for _, d, _ in pairs])
-    gts = np.array([g for _, _, g in pairs])
-    both = np.isfinite(gts)
-    correlation = None
-    if both.sum() >= 3 and disp[both].std() > 0 and gts[both].std() > 0:
-        correlation = round(float(np.corrcoef(disp[both], gts[both])[0, 1]), 3)
-
-    out = args.out
-    draw = draw_pyramid if kind == "pyramids" else draw_detections
-    gif, mp4, png = out / "keypoints.gif", out / "keypoints.mp4", out / "keypoints.png"
-    shown = sorted(results)
-    if shown:
-        with AnnotatedVideoWriter(gif, fps=args.rate) as g, AnnotatedVideoWriter(mp4, fps=args.rate) as m:
-            for i in tqdm(shown, desc="drawing", unit="frame"):
-                canvas = _caption(draw(frames[i], results[i]), f"{kind}_node  frame {i}")
-                g.write(canvas)
-                m.write(canvas)
-                if i == shown[len(shown) // 2]:
-                    import imageio.v3 as iio
-
-                    iio.imwrite(png, canvas)
-
-    span_s = (max(receive_times) - min(receive_times)) * 1e-9 if len(receive_times) > 1 else 0.0
-    sent_span = sent[-1].sent_monotonic - sent[0].sent_monotonic if len(sent) > 1 else 0.0
-    diagnostics = _last_diagnostics(received)
-    counts = [len(r.scores) for r in results.values()]
-    return {
-        "kind": kind,
-        "model": str(args.model),
-        "node": f"{kind}_node",
-        "ros_domain_id": domain,
-        "frame_size": [args.size, args.size],
-        "frames_sent": len(sent),
-        "frames_received": len(results),
-        "frames_unanswered": len(sent) - len(results),
-        "answered_frames": shown,
-        "unmatched_messages": unmatched,
-        "input_rate_hz": round((len(sent) - 1) / sent_span, 2) if sent_span else None,
-        "output_rate_hz": round((len(receive_times) - 1) / span_s, 2) if span_s else None,
-        "latency_ms": {
-            "p50": _percentile_ms(latencies_ms, 50),
-            "p99": _percentile_ms(latencies_ms, 99),
-            "max": round(max(latencies_ms), 2) if latencies_ms else None,
-        },
-        "keypoints_per_frame": round(float(np.mean(counts)), 2) if counts else 0,
-        "motion": {
-            "pairs": len(pairs),
-            "mean_displacement_px": round(float(disp.mean()), 3) if len(disp) else None,
-            "std_displacement_px": round(float(disp.std()), 3) if len(disp) else None,
-            "ground_truth_mean_displacement_px": round(float(np.nanmean(gts)), 3) if both.any() else None,
-            "correlation_with_ground_truth": correlation,
-            "per_pair": [{"frame": i, "keypoints_px": round(d, 3), "ground_truth_px": None if not np.isfinite(g)
-                          else round(float(g), 3)} for i, d, g in pairs],
-        },
-        "node_diagnostics": diagnostics,
-        "node_exit_code": node_exit,
-        "outputs": {
-            "gif": str(gif) if shown else None,
-            "mp4": str(mp4) if shown else None,
-            "png": str(png) if shown else None,
-            "png_frame": shown[len(shown) // 2] if shown else None,
-            "summary": str(out / "summary.json"),
-            "node_log": str(out / "node.log"),
-        },
-    }
-
-
-def _caption(canvas: np.ndarray, text: str) -> np.ndarray:
-    """White text on a dark strip along the top edge, scaled to the frame width."""
-    import cv2
-
-    scale = max(canvas.shape[1] / 640.0, 0.3)
-    (_, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    strip = h + base + 4
-    canvas[:strip] = (canvas[:strip].astype(np.uint16) * 2 // 5).astype(np.uint8)
-    cv2.putText(canvas, text, (3, h + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return canvas
-
-
-def _last_diagnostics(received: list[Received]) -> dict[str, str]:
-    """The key/values of the node's last /diagnostics status (its own rate, latency, drops)."""
-    from rclpy.serialization import deserialize_message
-
-    diags = [r for r in received if r.msgtype == DIAGNOSTICS_TYPE]
-    if not diags:
-        return {}
-    msg = deserialize_message(diags[-1].data, _message_classes()[DIAGNOSTICS_TYPE])
-    return {kv.key: kv.value for status in msg.status for kv in status.values}
-
-
-def _print_summary(summary: dict[str, Any], out: Path) -> None:
-    lat = summary["latency_ms"]
-    motion = summary["motion"]
-    lines = [
-        f"demo {summary['kind']}: {summary['frames_received']}/{summary['frames_sent']} frames answered by "
-        f"{summary['node']}, output {summary['output_rate_hz']} Hz (input {summary['input_rate_hz']} Hz)",
-        f"  end-to-end latency p50 {lat['p50']} ms, p99 {lat['p99']} ms (shared CPU: indicative only)",
-        f"  keypoints moved {motion['mean_displacement_px']} px/frame on average (ground-truth points: "
-        f"{motion['ground_truth_mean_displacement_px']} px/frame, correlation {motion['correlation_with_ground_truth']})",
-        f"outputs in {out}/:",
-    ]
-    for key, path in summary["outputs"].items():
-        if isinstance(path, str):
-            lines.append(f"  {key:10s} {path}")
-    print("\n".join(lines), flush=True)

@@ -1,6 +1,6 @@
 """``kp-perception eval RUN --data PATH...``: metrics of a trained model, as JSON.
 
-Dispatches on the checkpoint's kind to ``kp_perception_training.methods.EVALUATORS``
+Dispatches on the checkpoint's kind to its evaluator (the kind registry, ``kp_perception.kinds``)
 (landmark regression RMSE for pyramids/keynet/transporter; ARI, attribute,
 detection/classification accuracy and optional landmarks for TUSK). torch and
 ``training`` are imported inside :func:`run` only.

@@ -50,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
 
     checkpoint = resolve_checkpoint(args.run, args.checkpoint)
     print(f"exporting {checkpoint} -> {args.onnx}", flush=True)
+    from kp_perception.atomic import check_writable
+
+    for output in (args.onnx, args.onnx.with_suffix(".json"), args.engine):
+        if output is not None:
+            check_writable(output)  # an unwritable place fails now, not after the export
     result = export_checkpoint(
         checkpoint,
         args.onnx,

@@ -38,16 +38,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from kp_perception.atomic import atomic_path
+    from kp_perception.atomic import atomic_path, check_writable
     from kp_perception.backends import load_backend
     from kp_perception.drawing import draw_detections, draw_pyramid
     from kp_perception.errors import KpPerceptionError
+    from kp_perception.kinds import PYRAMID, get_kind
     from kp_perception.media import AnnotatedVideoWriter
     from kp_perception.results import KeypointPyramidResult, threshold_detections, threshold_pyramid
     from kp_perception.sequences import open_sequences
 
     if not args.out and not args.csv:
         raise KpPerceptionError("nothing to write: give --out VIDEO and/or --csv FILE")
+    for output in (args.out, args.csv):
+        if output:
+            check_writable(output)
     backend = load_backend(args.model, backend=args.backend, providers=args.providers)
     sequences = open_sequences(args.input, image_topic=args.image_topic)
 
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         if args.csv:
             csv_file = stack.enter_context(open(stack.enter_context(atomic_path(args.csv)), "w", newline=""))
             writer = csv.writer(csv_file)
-        hierarchy = backend.sidecar.kind != "tusk"
+        hierarchy = get_kind(backend.sidecar.kind).family == PYRAMID
         if writer:
             writer.writerow(PYRAMID_COLUMNS if hierarchy else TUSK_COLUMNS)
         for sequence in sequences:

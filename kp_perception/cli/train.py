@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-KINDS = ("pyramids", "tusk", "keynet", "transporter")
+from kp_perception.kinds import KIND_NAMES
 
 
 def add_parser(subparsers) -> None:
@@ -23,13 +23,15 @@ def add_parser(subparsers) -> None:
             "(resolved), last.pt, best.pt (lowest val loss, or lowest training-loss EMA without a val split) "
             "tb/ (TensorBoard scalars and images) and images/ (the example images as PNG). Running it again on the same RUN resumes exactly from "
             "last.pt; only --steps, --max-minutes and logging settings may change then. Ctrl-C/SIGTERM "
-            "stop cleanly with a checkpoint. Multi-process: torchrun --nproc_per_node N $(which kp-perception) "
+            "stop cleanly with a checkpoint and exit with 130/143 (128 + the signal number; 0 when the run "
+            "finished or --max-minutes ran out). Multi-process: torchrun --nproc_per_node N $(which kp-perception) "
             "train ... (gloo on CPU, NCCL on GPU)."
         ),
     )
-    sub.add_argument("kind", choices=KINDS, help="method to train")
-    sub.add_argument("--data", nargs="+", required=True, metavar="PATH", help="training data sources")
-    sub.add_argument("--out", required=True, type=Path, metavar="RUN", help="run directory (resumed if it holds last.pt)")
+    sub.add_argument("kind", choices=KIND_NAMES, help="method to train")
+    sub.add_argument("--data", nargs="+", metavar="PATH", help="training data sources (required to train)")
+    sub.add_argument("--out", type=Path, metavar="RUN", help="run directory, resumed if it holds last.pt "
+                     "(required to train)")
     sub.add_argument(
         "--config", metavar="YAML",
         help="config file or name in config/training/ (default: the kind's; on resume: the run's own config)",
@@ -47,6 +49,10 @@ def add_parser(subparsers) -> None:
     sub.add_argument("--seed", type=int, metavar="K", help="random seed (train.seed)")
     sub.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     sub.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
+    sub.add_argument(
+        "--print-config", action="store_true",
+        help="print the resolved config (every key, with --config and --set applied) as YAML and exit",
+    )
     sub.add_argument(
         "--write-rank-hashes", action="store_true",
         help="each rank writes RUN/rank_<r>_params.sha256 at the end (checks DDP replicas agree)",
@@ -69,8 +75,19 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
 
+    from kp_perception_training.config import config_yaml, load_config
     from kp_perception_training.trainer import resolve_run_config, summary_line, train
 
+    if args.print_config:  # with --out: what a resumed run would use
+        if args.out is not None:
+            config = resolve_run_config(args.kind, args.out, args.config, overrides)
+        else:
+            config = load_config(args.kind, args.config, overrides)
+        print(config_yaml(config), end="")
+        return 0
+    missing = [flag for flag, value in (("--data", args.data), ("--out", args.out)) if not value]
+    if missing:
+        raise ConfigError(f"{' and '.join(missing)} {'are' if len(missing) > 1 else 'is'} required to train")
     config = resolve_run_config(args.kind, args.out, args.config, overrides)
     summary = train(
         args.kind, config, args.data, args.out, device=args.device,
@@ -78,4 +95,19 @@ def run(args: argparse.Namespace) -> int:
     )
     if summary["rank"] == 0:  # under torchrun, one summary line
         print(summary_line(summary))
-    return 0
+    return exit_status(summary["stopped"])
+
+
+def exit_status(stopped: str) -> int:
+    """0 for a finished run or a spent --max-minutes budget; 128 + the signal's number for SIGINT/SIGTERM.
+
+    A script can then tell a run that was stopped (130, 143: the shell's convention
+    for a process ended by that signal) from one that reached its end; both leave
+    ``last.pt`` written, and rerunning the command resumes.
+    """
+    import signal
+
+    if not stopped.startswith("signal "):
+        return 0
+    name = stopped.split()[1]
+    return 128 + (signal.Signals[name].value if name in signal.Signals.__members__ else signal.SIGTERM.value)

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kp_perception.errors import ConfigError
+from kp_perception.kinds import NODES as NODE_FAMILIES
 from kp_perception.resources import share_directory
 
-NODES = {"pyramids": "pyramids_node", "tusk": "tusk_node"}
+NODES = {node.name: node.executable for node in NODE_FAMILIES.values()}  # launch name -> executable
 DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
 LARGE_DATA_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
 

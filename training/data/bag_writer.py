@@ -1,7 +1,8 @@
-"""Writing image streams to rosbag2 (mcap or sqlite3) with rosbags, no ROS install needed.
+"""Writing rosbag2 files (mcap or sqlite3) with rosbags, no ROS install needed: the one bag writer.
 
-Used by tests (round trips against the reader), benchmarks (synthetic bags)
-and the simulator. Messages are built from the same conversion module the
+Used by tests (round trips against the reader), benchmarks (synthetic bags),
+the simulator and the demo (what a node published, as the CDR bytes it sent,
+with the ``kp_perception_msgs`` types of :func:`kp_typestore`). Messages are built from the same conversion module the
 reader uses (``kp_perception.image_conversion``), so a frame written here and
 read back by ``kp_perception.sequences`` goes through one pair of functions.
 """
@@ -51,10 +52,11 @@ class BagWriter:
     """A rosbag2 being written; use as a context manager.
 
     ``storage`` is "mcap" or "sqlite3". The bag directory must not exist yet
-    (rosbags only creates new bags).
+    (rosbags only creates new bags). ``kp_msgs`` registers the
+    ``kp_perception_msgs`` types (:func:`kp_typestore`).
     """
 
-    def __init__(self, path: str | Path, storage: str = "mcap") -> None:
+    def __init__(self, path: str | Path, storage: str = "mcap", kp_msgs: bool = False) -> None:
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         if storage not in STORAGES:
@@ -63,7 +65,7 @@ class BagWriter:
         if self.path.exists():
             raise DataError(f"{self.path}: already exists; rosbag2 writers only create new bags")
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        self.typestore = _typestore()
+        self.typestore = kp_typestore() if kp_msgs else _typestore()
         self._writer = Writer(self.path, version=Writer.VERSION_LATEST, storage_plugin=plugin)
         self._connections: dict[str, Any] = {}
 
@@ -132,6 +134,10 @@ class BagWriter:
         )
         self.write_message(topic, COMPRESSED_TYPE, msg, stamp_ns)
 
+    def write_cdr(self, topic: str, msgtype: str, data: bytes, stamp_ns: int) -> None:
+        """Write an already serialised message (the CDR bytes a subscriber received with ``raw=True``)."""
+        self._writer.write(self.declare_topic(topic, msgtype), int(stamp_ns), bytes(data))
+
 
 def write_image_bag(
     path: str | Path,
@@ -156,3 +162,30 @@ def write_image_bag(
             else:
                 bag.write_image(topic, frame, stamp, encoding=encoding)
     return Path(path)
+
+
+def kp_typestore():
+    """The rosbags typestore (ROS 2 Kilted) with ``kp_perception_msgs`` registered from its .msg files.
+
+    The .msg files are the installed interface package's (``share/kp_perception_msgs/msg`` under the
+    interpreter's prefix or ``AMENT_PREFIX_PATH``), else this package's copy.
+    """
+    import os
+    import sys
+
+    from rosbags.typesys import get_types_from_msg
+
+    from kp_perception.resources import share_path
+
+    prefixes = [sys.prefix, *os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)]
+    candidates = [Path(p) / "share" / "kp_perception_msgs" / "msg" for p in prefixes if p]
+    candidates.append(share_path("kp_perception_msgs", "msg"))
+    msg_dir = next((d for d in candidates if any(d.glob("*.msg"))), None)
+    if msg_dir is None:
+        raise DataError("kp_perception_msgs/msg/*.msg not found (run `make setup`)")
+    store = _typestore()
+    types: dict[str, Any] = {}
+    for path in sorted(msg_dir.glob("*.msg")):
+        types.update(get_types_from_msg(path.read_text(), f"kp_perception_msgs/msg/{path.stem}"))
+    store.register(types)
+    return store

@@ -1,6 +1,6 @@
 """Multi-object datasets (TUSK object discovery): images, instance masks and objects.csv.
 
-The design.md format, written by ``kp-perception sim tetrominoes`` and
+The multi-object format (docs/training_guide.md, "Data formats"), written by ``kp-perception sim tetrominoes`` and
 ``sim mnist-hard``::
 
     DIR/images/NNNNNN.png    RGB images

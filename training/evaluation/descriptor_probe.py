@@ -5,14 +5,18 @@ prototypes together. When they are low it matters which of the two failed, so
 the TUSK evaluation also reports, on the matched objects' descriptors, split in
 two fixed halves (even/odd object index):
 
-- a nearest-centroid probe: class centroids fitted on one half, the other half
-  classified by nearest centroid (is the attribute linearly there at all?);
-- k-means prototypes: M spherical k-means centres (k-means++ start, Lloyd
-  iterations, seeded) fitted on one half in place of the learned prototypes,
-  labelled by majority vote on that half and scored on the other (what
-  prototypes *could* achieve on these descriptors).
+- a nearest-centroid probe (scikit-learn's ``NearestCentroid``): class
+  centroids fitted on one half, the other half classified by nearest centroid
+  (is the attribute linearly there at all?);
+- k-means prototypes: M centres from scikit-learn's ``KMeans`` (k-means++,
+  seeded) fitted on one half in place of the learned prototypes and scaled to
+  unit length, as prototypes are; each labelled by majority vote on that half and
+  scored on the other (what prototypes *could* achieve on these descriptors).
 
 Descriptors are unit vectors compared by squared distance, as the prototypes are.
+(Euclidean k-means on unit vectors, centres normalised afterwards, stands in for
+spherical k-means: for points on the sphere the two assign almost alike, and the
+figure is a probe, not the model.)
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.neighbors import NearestCentroid
 
 
 def _halves(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,28 +44,17 @@ def nearest_centroid_accuracy(descriptors: np.ndarray, labels: Sequence) -> floa
     fit, test = _halves(len(labels))
     if len(fit) == 0 or len(test) == 0:
         return float("nan")
-    classes = sorted(set(labels[fit].tolist()))
-    centres = np.stack([descriptors[fit][labels[fit] == c].mean(0) for c in classes])
-    return float((np.asarray(classes)[_nearest(descriptors[test], centres)] == labels[test]).mean())
+    if len(set(labels[fit].tolist())) < 2:  # one class: every prediction is that class
+        return float((labels[test] == labels[fit][0]).mean())
+    probe = NearestCentroid().fit(descriptors[fit], labels[fit])
+    return float((probe.predict(descriptors[test]) == labels[test]).mean())
 
 
-def spherical_kmeans(x: np.ndarray, k: int, iterations: int = 30, seed: int = 0) -> np.ndarray:
-    """k unit-length centres of N×C unit vectors: k-means++ start, then Lloyd steps (empty clusters stay)."""
-    rng = np.random.default_rng(seed)
-    k = min(k, len(x))
-    centres = [x[rng.integers(len(x))]]
-    nearest = ((x - centres[0]) ** 2).sum(1)
-    for _ in range(k - 1):
-        pick = rng.choice(len(x), p=nearest / nearest.sum()) if nearest.sum() > 0 else rng.integers(len(x))
-        centres.append(x[pick])
-        nearest = np.minimum(nearest, ((x - x[pick]) ** 2).sum(1))
-    c = np.stack(centres)
-    for _ in range(iterations):
-        assign = _nearest(x, c)
-        for m in np.unique(assign):
-            mean = x[assign == m].mean(0)
-            c[m] = mean / max(np.linalg.norm(mean), 1e-12)
-    return c
+def kmeans_centres(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """At most k unit-length k-means centres of N×C unit vectors (scikit-learn KMeans, k-means++, seeded)."""
+    k = min(k, len(np.unique(x, axis=0)))
+    centres = KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=seed).fit(x).cluster_centers_
+    return centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
 
 
 def kmeans_attribute_accuracy(
@@ -73,7 +68,7 @@ def kmeans_attribute_accuracy(
     fit, test = _halves(n)
     if len(fit) == 0 or len(test) == 0:
         return {name: float("nan") for name in labels}
-    centres = spherical_kmeans(descriptors[fit], k, seed=seed)
+    centres = kmeans_centres(descriptors[fit], k, seed=seed)
     fit_ids, test_ids = _nearest(descriptors[fit], centres), _nearest(descriptors[test], centres)
     out = {}
     for name, values in labels.items():

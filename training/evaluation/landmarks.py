@@ -3,14 +3,22 @@
 Both models are scored this way (Keypoint Pyramids Table 1; TUSK's landmark
 protocol): fit on one half of the annotated frames, score on the other.
 
-Plain least squares (the reference protocol, ``alphas=(0.0,)``) is right for
-Keypoint Pyramids, whose input is every keypoint in every frame: tens of dense
-columns, hundreds of frames. TUSK's input is the reference's prototype-slot
-layout, M×K×2 columns that are mostly zeros; with as many columns as fitted
-frames the minimum-norm solution fits noise and extrapolates (a 200 000 px RMSE
-was seen). There ridge regression on standardised columns, its strength chosen
-by cross-validation inside the fit half (the scored half is never looked at),
-gives a figure that means something.
+Plain least squares (the reference protocol, ``alphas=(0.0,)``; scikit-learn's
+``LinearRegression``) is right for Keypoint Pyramids, whose input is every
+keypoint in every frame: tens of dense columns, hundreds of frames. TUSK's
+input is the reference's prototype-slot layout, M×K×2 columns that are mostly
+zeros; with as many columns as fitted frames the minimum-norm solution fits
+noise and extrapolates (a 200 000 px RMSE was seen). There ridge regression on
+standardised columns (``StandardScaler`` + ``RidgeCV``), its strength chosen by
+5-fold cross-validation inside the fit half (the scored half is never looked
+at), gives a figure that means something.
+
+These replaced hand-written numpy fits. Side by side on synthetic data they
+gave the same RMSE to 4 decimals for a determined least-squares fit and for the
+CV ridge; for an underdetermined least-squares fit (more columns than rows) the
+minimum-norm solutions differ (``LinearRegression`` centres the data first),
+which is the case the ridge is there for. The ridge is ~6x slower (0.4 s per
+landmark with 8 alphas on a shared CPU), negligible next to running the encoder.
 """
 
 from __future__ import annotations
@@ -18,40 +26,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from sklearn.linear_model import LinearRegression, Ridge, RidgeCV
+from sklearn.model_selection import KFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from kp_perception.errors import DataError
 
 CV_FOLDS = 5
 
 
-def _fit_predict(x_fit: np.ndarray, y_fit: np.ndarray, x_new: np.ndarray, alpha: float) -> np.ndarray:
-    """Linear model with an unpenalised intercept; alpha > 0 is ridge on standardised columns."""
-    if alpha == 0.0:
-        design = np.concatenate([x_fit, np.ones((len(x_fit), 1))], axis=1)
-        coef, *_ = np.linalg.lstsq(design, y_fit, rcond=None)
-        return np.concatenate([x_new, np.ones((len(x_new), 1))], axis=1) @ coef
-    mean, std = x_fit.mean(axis=0), x_fit.std(axis=0)
-    std = np.where(std > 1e-12, std, 1.0)
-    xs = (x_fit - mean) / std
-    y_mean = y_fit.mean(axis=0)
-    gram = xs.T @ xs + alpha * np.eye(xs.shape[1])
-    coef = np.linalg.solve(gram, xs.T @ (y_fit - y_mean))
-    return ((x_new - mean) / std) @ coef + y_mean
+def _regressor(alphas: Sequence[float], rows: int):
+    """Least squares for ``(0.0,)``; else ridge on standardised columns, alpha by CV_FOLDS-fold CV.
+
+    With fewer fitted rows than folds the first alpha is used (no CV possible).
+    """
+    if tuple(alphas) == (0.0,):
+        return LinearRegression()
+    if len(alphas) == 1 or rows < CV_FOLDS:
+        return make_pipeline(StandardScaler(), Ridge(alpha=float(alphas[0])))
+    return make_pipeline(StandardScaler(), RidgeCV(alphas=tuple(float(a) for a in alphas), cv=KFold(CV_FOLDS)))
 
 
-def _cv_alpha(x: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> float:
-    """The alpha with the lowest CV_FOLDS-fold squared error on (x, y); ties go to the first listed."""
-    if len(alphas) == 1 or len(x) < CV_FOLDS:
-        return float(alphas[0])
-    folds = np.arange(len(x)) % CV_FOLDS
-    errors = []
-    for alpha in alphas:
-        sq = 0.0
-        for f in range(CV_FOLDS):
-            held = folds == f
-            sq += float(((_fit_predict(x[~held], y[~held], x[held], float(alpha)) - y[held]) ** 2).sum())
-        errors.append(sq)
-    return float(alphas[int(np.argmin(errors))])
+def _fit_predict(x_fit: np.ndarray, y_fit: np.ndarray, x_new: np.ndarray, alphas: Sequence[float]) -> np.ndarray:
+    """Linear model with an unpenalised intercept; no feature columns = the intercept (the mean) alone."""
+    if x_fit.shape[1] == 0:
+        return np.repeat(y_fit.mean(axis=0, keepdims=True), len(x_new), axis=0)
+    return _regressor(alphas, len(x_fit)).fit(x_fit, y_fit).predict(x_new)
 
 
 def landmark_rmse(
@@ -78,8 +79,7 @@ def landmark_rmse(
         test = test_rows[visible[test_rows, p]]
         if len(fit) == 0 or len(test) == 0:
             continue
-        alpha = _cv_alpha(features[fit], targets[fit, p], alphas)
-        err = _fit_predict(features[fit], targets[fit, p], features[test], alpha) - targets[test, p]
+        err = _fit_predict(features[fit], targets[fit, p], features[test], alphas) - targets[test, p]
         sq_err += float((err**2).sum())
         count += len(test)
     if count == 0:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from kp_perception_training.pyramids.config import KeyNetConfig, TransporterConfig
 from kp_perception_training.pyramids.decoders import (
     AppearanceEncoder,
     FeatureEncoder,
@@ -31,14 +32,15 @@ class KeyNetMethod(KeypointMethodBase):
     """Keypoint bottleneck + reconstruction from [Ψ(x), Φ(x_ref)]."""
 
     kind: ClassVar[str] = "keynet"
+    config_class = KeyNetConfig
+    config: KeyNetConfig
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: KeyNetConfig) -> None:
         super().__init__(config)
-        dec = config.get("decoder", {})
+        dec = config.decoder
         stride = self.encoder.fpn.finest_stride
-        app_ch = int(dec.get("appearance_channels", 32))
-        self.appearance = AppearanceEncoder(app_ch, int(dec.get("appearance_width", 32)), stride)
-        self.decoder = ImageDecoder(self.encoder.num_keypoints + app_ch, int(dec.get("decoder_width", 64)), stride)
+        self.appearance = AppearanceEncoder(dec.appearance_channels, dec.appearance_width, stride)
+        self.decoder = ImageDecoder(self.encoder.num_keypoints + dec.appearance_channels, dec.decoder_width, stride)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float], Any]:
         x, ref = batch["image"], batch["ref"]
@@ -57,15 +59,16 @@ class TransporterMethod(KeypointMethodBase):
     """Per-keypoint sequential transport of Φ from x_ref to x, then reconstruction of x."""
 
     kind: ClassVar[str] = "transporter"
+    config_class = TransporterConfig
+    config: TransporterConfig
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: TransporterConfig) -> None:
         super().__init__(config)
-        dec = config.get("decoder", {})
-        channels = dec.get("transport_channels", [32])
-        channels = int(channels[-1] if isinstance(channels, (list, tuple)) else channels)
-        self.features = FeatureEncoder(self.encoder.fpn.out_channels, channels, int(dec.get("feature_hidden", 64)))
-        self.decoder = ImageDecoder(channels, int(dec.get("decoder_width", 64)), self.encoder.fpn.finest_stride)
-        self.stop_gradient_ref = bool(config.get("loss", {}).get("stop_gradient_ref", True))
+        dec = config.decoder
+        (channels,) = dec.transport_channels
+        self.features = FeatureEncoder(self.encoder.fpn.out_channels, channels, dec.feature_hidden)
+        self.decoder = ImageDecoder(channels, dec.decoder_width, self.encoder.fpn.finest_stride)
+        self.stop_gradient_ref = config.loss.stop_gradient_ref
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float], Any]:
         x = batch["image"]

@@ -30,7 +30,7 @@ def _log2(factor: int) -> int:
 class AppearanceEncoder(nn.Module):
     """Φ(x_ref): B×3×H×W → B×C×(H/stride)×(W/stride) (KeyNet/IMM-style strided conv stack)."""
 
-    def __init__(self, out_channels: int = 32, width: int = 32, stride: int = 4) -> None:
+    def __init__(self, out_channels: int, width: int, stride: int) -> None:
         super().__init__()
         layers = [conv_block(3, width, kernel=7)]
         ch = width
@@ -47,7 +47,7 @@ class AppearanceEncoder(nn.Module):
 class FeatureEncoder(nn.Module):
     """Φ_l: FPN map f_l (B×C_in×h×w) → B×C_l×h×w features that keypoints carry in transport."""
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64) -> None:
+    def __init__(self, in_channels: int, out_channels: int, hidden: int) -> None:
         super().__init__()
         self.net = nn.Sequential(conv_block(in_channels, hidden), nn.Conv2d(hidden, out_channels, 1))
 
@@ -58,7 +58,7 @@ class FeatureEncoder(nn.Module):
 class ImageDecoder(nn.Module):
     """B×C×h×w → B×3×(h·factor)×(w·factor) in [0, 1]; halves channels at each ×2 upsampling."""
 
-    def __init__(self, in_channels: int, width: int = 64, factor: int = 4) -> None:
+    def __init__(self, in_channels: int, width: int, factor: int) -> None:
         super().__init__()
         layers: list[nn.Module] = [conv_block(in_channels, width), conv_block(width, width)]
         ch = width

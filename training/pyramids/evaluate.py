@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from kp_perception.errors import DataError
+from kp_perception.errors import DataError, ModelLoadError
 from kp_perception_training.evaluation.landmarks import landmark_rmse
 
 
@@ -32,17 +32,23 @@ def _keypoints_in_frames(checkpoint: dict, data_paths: list[str], keys: set[tupl
 
     from kp_perception.models import build_encoder
     from kp_perception.preprocessing import model_to_frame_pixels, normalized_to_model_pixels
+    from kp_perception_training.config import checkpoint_config
     from kp_perception_training.data.datasets import load_cached_sequences, to_tensor
-    from kp_perception_training.pyramids.method import image_size_wh
 
-    config = checkpoint["config"]
-    width, height = image_size_wh(config.get("data", {}))
-    encoder = build_encoder(checkpoint["kind"], config["model"])
-    encoder.load_state_dict(checkpoint["encoder"])
+    config = checkpoint_config(checkpoint)
+    width, height = config.data.size_wh
+    encoder = build_encoder(checkpoint["kind"], config.model)
+    try:
+        encoder.load_state_dict(checkpoint["encoder"])
+    except RuntimeError as exc:  # weights from another version of the model or config
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        raise ModelLoadError(
+            f"{checkpoint['kind']} checkpoint: the encoder weights do not fit its config's model section "
+            f"({lines[-1] if lines else 'state dict mismatch'})"
+        ) from None
     encoder.eval()
-    data = config.get("data", {})
     caches = load_cached_sequences(
-        data_paths, (width, height), image_topic=data.get("image_topic"), cache_dir=data.get("cache_dir")
+        data_paths, (width, height), image_topic=config.data.image_topic, cache_dir=config.data.cache_dir
     )
     out: dict[tuple[str, int], np.ndarray] = {}
     with torch.no_grad():

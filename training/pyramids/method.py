@@ -21,6 +21,7 @@ because it changes the robot-side encoder):
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,6 +33,7 @@ from kp_perception.errors import ConfigError
 from kp_perception.models import build_encoder
 from kp_perception.models.keypoint_ops import collapse_heatmaps, gaussian_heatmaps
 from kp_perception_training.methods import TrainingMethod
+from kp_perception_training.pyramids.config import PyramidsConfig
 from kp_perception_training.pyramids.decoders import (
     AppearanceEncoder,
     FeatureEncoder,
@@ -41,39 +43,23 @@ from kp_perception_training.pyramids.decoders import (
 )
 from kp_perception_training.pyramids.losses import reconstruction_loss, spring_loss, transport_loss
 
-ABLATIONS = ("no_reconstruction", "no_transport", "no_spring", "all_transport", "all_reconstruction")
 
-
-def image_size_wh(data_config: dict) -> tuple[int, int]:
-    """``data.image_size`` (int or [w, h]) as (width, height)."""
-    size = data_config.get("image_size", 128)
-    if isinstance(size, int):
-        return size, size
-    if isinstance(size, (list, tuple)) and len(size) == 2:
-        return int(size[0]), int(size[1])
-    raise ConfigError(f"data.image_size must be an int or [width, height], got {size!r}")
-
-
-def build_pair_datasets(config: dict, data_paths: list[str]) -> tuple[Dataset, Dataset | None]:
+def build_pair_datasets(config: PyramidsConfig, data_paths: list[str]) -> tuple[Dataset, Dataset | None]:
     """(x, x_ref) pair datasets over the frame cache, split by sequence (train, val)."""
     from kp_perception_training.data.datasets import FramePairDataset, load_cached_sequences
     from kp_perception_training.data.splits import split_sequences
 
-    data = config.get("data", {})
-    seed = int(config.get("train", {}).get("seed", 0))
-    caches = load_cached_sequences(
-        data_paths, image_size_wh(data), image_topic=data.get("image_topic"), cache_dir=data.get("cache_dir")
-    )
-    val_fraction = float(data.get("val_fraction", 0.0))
+    data, seed = config.data, config.train.seed
+    caches = load_cached_sequences(data_paths, data.size_wh, image_topic=data.image_topic, cache_dir=data.cache_dir)
     train_caches, val_caches = caches, []
-    if val_fraction > 0 and len(caches) > 1:
-        splits = split_sequences([seq.name for seq, _ in caches], fractions=(1.0 - val_fraction, val_fraction), seed=seed)
+    if data.val_fraction > 0 and len(caches) > 1:
+        fractions = (1.0 - data.val_fraction, data.val_fraction)
+        splits = split_sequences([seq.name for seq, _ in caches], fractions=fractions, seed=seed)
         train_names = set(splits["train"])
         train_caches = [c for c in caches if c[0].name in train_names]
         val_caches = [c for c in caches if c[0].name not in train_names]
-    gap = int(data.get("max_ref_gap", 250))
-    train = FramePairDataset(train_caches, max_ref_gap=gap, seed=seed)
-    val = FramePairDataset(val_caches, max_ref_gap=gap, seed=seed + 1) if val_caches else None
+    train = FramePairDataset(train_caches, max_ref_gap=data.max_ref_gap, seed=seed)
+    val = FramePairDataset(val_caches, max_ref_gap=data.max_ref_gap, seed=seed + 1) if val_caches else None
     return train, val
 
 
@@ -82,10 +68,10 @@ class KeypointMethodBase(TrainingMethod):
 
     kind: ClassVar[str] = "pyramids"
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config) -> None:
         super().__init__(config)
-        self.encoder = build_encoder(self.kind, config.get("model", {}))
-        self.image_wh = image_size_wh(config.get("data", {}))
+        self.encoder = build_encoder(self.kind, config.model)
+        self.image_wh = config.data.size_wh
         stride = self.encoder.fpn.coarsest_stride
         w, h = self.image_wh
         if w % stride or h % stride:
@@ -94,7 +80,7 @@ class KeypointMethodBase(TrainingMethod):
         self._last_images: dict[str, Tensor] = {}
 
     @classmethod
-    def build_datasets(cls, config: dict, data_paths: list[str]) -> tuple[Dataset, Dataset | None]:
+    def build_datasets(cls, config, data_paths: list[str]) -> tuple[Dataset, Dataset | None]:
         return build_pair_datasets(config, data_paths)
 
     def encode_pair(self, batch: dict[str, Tensor]) -> tuple[dict, dict]:
@@ -146,37 +132,26 @@ class PyramidsMethod(KeypointMethodBase):
     """Keypoint Pyramids training (Qian et al. 2022, Sec. 3)."""
 
     kind: ClassVar[str] = "pyramids"
+    config_class = PyramidsConfig
+    config: PyramidsConfig
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: PyramidsConfig) -> None:
         super().__init__(config)
-        dec = config.get("decoder", {})
-        loss = config.get("loss", {})
-        abl = config.get("ablation", {})
-        unknown = set(abl) - set(ABLATIONS)
-        if unknown:
-            raise ConfigError(f"unknown ablation switch(es) {sorted(unknown)}, expected {list(ABLATIONS)}")
-        self.ablation = {name: bool(abl.get(name, False)) for name in ABLATIONS}
-        if self.ablation["all_transport"] and self.ablation["all_reconstruction"]:
-            raise ConfigError("ablation.all_transport and ablation.all_reconstruction exclude each other")
+        dec, loss = config.decoder, config.loss
+        self.ablation = dataclasses.asdict(config.ablation)
         sizes = self.encoder.level_sizes
         n_levels = len(sizes)
-        self.level_weights = [float(v) for v in loss.get("transport_weights", [0.1, 1.0])]
-        if len(self.level_weights) != n_levels:
-            raise ConfigError(f"loss.transport_weights has {len(self.level_weights)} values for {n_levels} levels")
-        self.reconstruction_weight = float(loss.get("reconstruction", 1.0))
-        self.spring_weight = float(loss.get("spring", 1.0))
-        self.stop_gradient_ref = bool(loss.get("stop_gradient_ref", True))
-        channels = [int(c) for c in dec.get("transport_channels", [64, 32])]
-        if len(channels) != n_levels:
-            raise ConfigError(f"decoder.transport_channels has {len(channels)} values for {n_levels} levels")
+        self.level_weights = list(loss.transport_weights)
+        self.reconstruction_weight = loss.reconstruction
+        self.spring_weight = loss.spring
+        self.stop_gradient_ref = loss.stop_gradient_ref
+        channels = list(dec.transport_channels)
         fpn = self.encoder.fpn
         fpn_ch = fpn.out_channels
         finest = fpn.finest_stride
         strides = [finest * 2 ** (n_levels - 1 - level) for level in range(n_levels)]
-        app_ch = int(dec.get("appearance_channels", 32))
-        width = int(dec.get("decoder_width", 64))
-        hidden = int(dec.get("feature_hidden", 64))
-        self.appearance = AppearanceEncoder(app_ch, int(dec.get("appearance_width", 32)), finest)
+        app_ch, width, hidden = dec.appearance_channels, dec.decoder_width, dec.feature_hidden
+        self.appearance = AppearanceEncoder(app_ch, dec.appearance_width, finest)
         n_total = sum(sizes)
         if self.ablation["all_transport"]:
             # The flattened term as a transport over all levels' keypoints on the finest map.

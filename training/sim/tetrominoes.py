@@ -15,7 +15,7 @@ J 4, L 4), the count TUSK's 114 = 19 × 6 prototypes assumes. Choices made here:
 - ``x``, ``y`` in objects.csv are the centroid of the piece's *visible* pixels
   (pixel centres at integers), the same pixels as its mask.
 
-Output (design.md's multi-object format), written by :func:`write_multi_object`:
+Output (the multi-object format of docs/training_guide.md), written by :func:`write_multi_object`:
 ``images/NNNNNN.png`` (RGB), ``masks/NNNNNN.png`` (uint8 instance ids, 0 =
 background, 1..3 pieces), ``objects.csv`` (image,instance,shape,color,x,y).
 """

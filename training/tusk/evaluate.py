@@ -46,12 +46,14 @@ from kp_perception_training.evaluation.descriptor_probe import shape_colour_prob
 from kp_perception_training.evaluation.detection import detection_metrics
 from kp_perception_training.evaluation.landmarks import landmark_rmse
 from kp_perception_training.evaluation.purity import inverse_purity, purity
-from kp_perception_training.tusk.method import TuskMethod, image_size_of
+from kp_perception_training.tusk.method import TuskMethod
 
 
 def load_method(checkpoint: dict) -> tuple[TuskMethod, bool]:
     """TuskMethod with the checkpoint's weights; second value: whether the decoder was restored."""
-    method = TuskMethod(checkpoint["config"])
+    from kp_perception_training.config import checkpoint_config
+
+    method = TuskMethod(checkpoint_config(checkpoint))
     state = (checkpoint.get("training") or {}).get("method")
     has_decoder = False
     try:
@@ -108,7 +110,7 @@ def evaluate_multi_object(
 
     from kp_perception_training.data.multi_object import MultiObjectDataset
 
-    width, height = image_size_of(method.config)
+    width, height = method.config.data.size_wh
     model_ds = MultiObjectDataset(folder, size=(width, height))
     native_ds = MultiObjectDataset(folder, size=None)
     n = len(model_ds) if max_images is None else min(len(model_ds), int(max_images))
@@ -197,7 +199,7 @@ def evaluate_tabletop(
     from kp_perception.sequences import open_sequences
     from kp_perception_training.sim.annotations import read_annotations
 
-    width, height = image_size_of(method.config)
+    width, height = method.config.data.size_wh
     points: dict[tuple[str, int], list[tuple[str, float, float]]] = {}
     for a in read_annotations(annotations):
         if "/" in a.name and not a.name.startswith("arm/") and getattr(a, "visible", True):
@@ -213,7 +215,7 @@ def evaluate_tabletop(
     slot_features: list[np.ndarray] = []
     slot_targets: list[np.ndarray] = []
     frames = 0
-    for seq in open_sequences(data_paths, image_topic=method.config.get("data", {}).get("image_topic")):
+    for seq in open_sequences(data_paths, image_topic=method.config.data.image_topic):
         for f, frame in enumerate(tqdm(seq.iter_frames(), desc=f"eval {seq.name}", unit="frame", leave=False)):
             truth = points.get((seq.name, f))
             if not truth:

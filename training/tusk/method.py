@@ -18,6 +18,7 @@ multi-object folders, ignored here).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from kp_perception.models import build_encoder
 from kp_perception.models.tusk_encoder import prototype_distances
 from kp_perception_training.distributed import all_reduce_grads, all_reduce_sum, any_rank, broadcast_
 from kp_perception_training.methods import TrainingMethod
+from kp_perception_training.tusk.config import TuskConfig
 from kp_perception_training.tusk.decoders import build_decoder
 from kp_perception_training.tusk.losses import (
     VGGPerceptual,
@@ -41,90 +43,50 @@ from kp_perception_training.tusk.losses import (
     sliced_wasserstein_loss,
 )
 from kp_perception_training.tusk.prototype_restart import reseed_unused_prototypes
-from kp_perception_training.tusk.tps import TPS_PRESETS, apply_tps, random_tps
-
-LOSS_DEFAULTS: dict[str, Any] = {
-    "reconstruction": 1.0,
-    "kmeans": 0.01,
-    "kmeans_sharpness": 20.0,
-    "kmeans_score_weighted": False,
-    "equivariance_heatmap": 0.01,
-    "equivariance_features": 100.0,
-    "perceptual_weight": 0.0,
-    "vgg16_weights": None,
-    "sw_projections": 100,
-    "sw_noise_std": 0.02,
-    "sw_min_score": 0.0,
-}
-# restart_every: every this many batches, prototypes chosen by fewer than restart_below × an
-# even share of the descriptors since the last restart are re-seeded on the data
-# (training/tusk/prototype_restart.py); 0 = never.
-PROTOTYPE_DEFAULTS: dict[str, Any] = {
-    "steps": 8, "lr": 0.1, "betas": [0.5, 0.999], "restart_every": 25, "restart_below": 0.1,
-}
-
-
-def image_size_of(config: dict) -> tuple[int, int]:
-    """``data.image_size`` (int = square, or [w, h]) as (width, height)."""
-    size = config.get("data", {}).get("image_size", 35)
-    if isinstance(size, int | float):
-        return int(size), int(size)
-    if isinstance(size, list | tuple) and len(size) == 2:
-        return int(size[0]), int(size[1])
-    raise ConfigError(f"data.image_size must be an int or [width, height], got {size!r}")
+from kp_perception_training.tusk.tps import apply_tps, random_tps
 
 
 class TuskMethod(TrainingMethod):
     """TUSK: encoder (robot side) + decoder + losses + alternating prototype steps."""
 
     kind = "tusk"
+    config_class = TuskConfig
+    config: TuskConfig
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: TuskConfig) -> None:
         super().__init__(config)
-        self.encoder = build_encoder("tusk", config.get("model", {}))
-        # decoder: {kind: rgba|splat, rgba: {...kwargs}, splat: {...kwargs}}
-        dec = config.get("decoder", {}) or {}
-        self.decoder_kind = dec.get("kind", "rgba")
-        kwargs = dict(dec.get(self.decoder_kind, {}) or {})
+        self.encoder = build_encoder("tusk", config.model)
+        self.decoder_kind = config.decoder.kind
+        kwargs = dataclasses.asdict(getattr(config.decoder, self.decoder_kind))
         try:
             self.decoder = build_decoder(self.decoder_kind, self.encoder.descriptor_dim, **kwargs)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"decoder config is invalid: {exc}") from None
-        self.loss_cfg = {**LOSS_DEFAULTS, **config.get("loss", {})}
-        unknown = sorted(set(self.loss_cfg) - set(LOSS_DEFAULTS))
-        if unknown:
-            raise ConfigError(f"unknown config key 'loss.{unknown[0]}' (known: {', '.join(LOSS_DEFAULTS)})")
-        self.proto_cfg = {**PROTOTYPE_DEFAULTS, **config.get("prototypes", {})}
-        unknown = sorted(set(self.proto_cfg) - set(PROTOTYPE_DEFAULTS))
-        if unknown:
-            raise ConfigError(f"unknown config key 'prototypes.{unknown[0]}' (known: {', '.join(PROTOTYPE_DEFAULTS)})")
+        except ValueError as exc:
+            raise ConfigError(f"decoder.{self.decoder_kind}: {exc}") from None
+        self.loss_cfg = config.loss
+        self.proto_cfg = config.prototypes
         # Assignments per prototype and batches since the last restart: in the state dict, so resume is exact.
         self.register_buffer("prototype_counts", torch.zeros(self.encoder.num_prototypes, dtype=torch.float64))
         self.register_buffer("batches_since_restart", torch.zeros((), dtype=torch.int64))
-        data = config.get("data", {})
-        tps = data.get("tps", "multi_object")
-        self.tps_cfg = dict(TPS_PRESETS[tps]) if isinstance(tps, str) else dict(tps)
-        self.image_padding = data.get("tps_padding", "zeros")
-        weight = float(self.loss_cfg["perceptual_weight"])
-        self.vgg = VGGPerceptual(self.loss_cfg["vgg16_weights"]) if weight > 0 else None
+        self.tps_cfg = config.data.tps_params
+        self.image_padding = config.data.tps_padding
+        self.vgg = VGGPerceptual(config.loss.vgg16_weights) if config.loss.perceptual_weight > 0 else None
         # Memory format for CPU convolutions (docs/tusk.md, measured per step): in float32,
         # channels_last took ~1.4x less CPU time at 112 px; under bfloat16 autocast
         # (train.cpu_bf16) the default layout is faster (GroupNorm's channels_last
         # bfloat16 backward is slow). Weights keep their values either way.
-        bf16 = bool(config.get("train", {}).get("cpu_bf16", False))
-        self.memory_format = torch.contiguous_format if bf16 else torch.channels_last
+        self.memory_format = torch.contiguous_format if config.train.cpu_bf16 else torch.channels_last
         self.to(memory_format=self.memory_format)
 
     # ----------------------------------------------------------------- data
     @classmethod
-    def build_datasets(cls, config: dict, data_paths: list[str]) -> tuple[Dataset, Dataset | None]:
+    def build_datasets(cls, config: TuskConfig, data_paths: list[str]) -> tuple[Dataset, Dataset | None]:
         """Multi-object folders (images/, masks/, objects.csv) or any frame source (bags, videos, folders).
 
         The last ``data.val_fraction`` of the items (by index, fixed) is the validation split.
         """
         if not data_paths:
             raise DataError("tusk: no --data paths given")
-        width, height = image_size_of(config)
+        width, height = config.data.size_wh
         datasets = []
         for p in data_paths:
             path = Path(p)
@@ -135,13 +97,11 @@ class TuskMethod(TrainingMethod):
             else:
                 from kp_perception_training.data.datasets import FrameDataset, load_cached_sequences
 
-                cached = load_cached_sequences(
-                    [path], (width, height), image_topic=config.get("data", {}).get("image_topic")
-                )
+                cached = load_cached_sequences([path], (width, height), image_topic=config.data.image_topic)
                 datasets.append(FrameDataset([c for _, c in cached]))
         full = datasets[0] if len(datasets) == 1 else torch.utils.data.ConcatDataset(datasets)
         n = len(full)
-        n_val = int(round(n * float(config.get("data", {}).get("val_fraction", 0.0))))
+        n_val = int(round(n * config.data.val_fraction))
         if n_val <= 0 or n - n_val <= 0:
             return full, None
         return Subset(full, range(n - n_val)), Subset(full, range(n - n_val, n))
@@ -152,14 +112,13 @@ class TuskMethod(TrainingMethod):
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """"main": Adam over encoder (without prototypes) + decoder; "prototypes": Adam over the prototypes."""
-        optim = self.config.get("optim", {})
+        optim = self.config.optim
         main_params = [p for n, p in self.named_parameters() if n != "encoder.prototypes" and p.requires_grad]
-        betas = tuple(float(b) for b in self.proto_cfg["betas"])
         return {
-            "main": torch.optim.Adam(
-                main_params, lr=float(optim.get("lr", 1e-3)), weight_decay=float(optim.get("weight_decay", 0.0))
+            "main": torch.optim.Adam(main_params, lr=optim.lr, weight_decay=optim.weight_decay),
+            "prototypes": torch.optim.Adam(
+                [self.encoder.prototypes], lr=self.proto_cfg.lr, betas=self.proto_cfg.betas
             ),
-            "prototypes": torch.optim.Adam([self.encoder.prototypes], lr=float(self.proto_cfg["lr"]), betas=betas),
         }
 
     def encode_and_decode(self, images: Tensor, background: Tensor | None = None) -> dict[str, Tensor]:
@@ -192,18 +151,18 @@ class TuskMethod(TrainingMethod):
         cfg = self.loss_cfg
 
         rec = reconstruction_loss(out["reconstruction"], target)
-        loss = cfg["reconstruction"] * rec
+        loss = cfg.reconstruction * rec
         logs = {"loss/reconstruction": rec.item()}
         if self.vgg is not None:
             per = perceptual_loss(self.vgg, out["reconstruction"], target)
-            loss = loss + cfg["perceptual_weight"] * per
+            loss = loss + cfg.perceptual_weight * per
             logs["loss/perceptual"] = per.item()
-        weights = out["scores"].detach() if cfg["kmeans_score_weighted"] else None
-        km = kmeans_loss(out["descriptors"], self.encoder.normalized_prototypes(), cfg["kmeans_sharpness"], weights)
-        loss = loss + cfg["kmeans"] * km
+        weights = out["scores"].detach() if cfg.kmeans_score_weighted else None
+        km = kmeans_loss(out["descriptors"], self.encoder.normalized_prototypes(), cfg.kmeans_sharpness, weights)
+        loss = loss + cfg.kmeans * km
         eq = {}
         for name in ("heatmap", "features"):
-            weight = float(cfg[f"equivariance_{name}"])
+            weight = getattr(cfg, f"equivariance_{name}")
             # A term with weight 0 is still logged, but without a graph: its backward is not free.
             with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0.0):
                 eq[name] = equivariance_loss(out[name][:b], out[name][b:], warp)
@@ -224,7 +183,7 @@ class TuskMethod(TrainingMethod):
     def after_main_step(self, batch: dict[str, Tensor], extra: Any, optimizers: dict) -> dict[str, float]:
         """``prototypes.steps`` sliced-Wasserstein steps on the detached descriptors of the main step."""
         desc = extra["descriptors"].reshape(-1, extra["descriptors"].shape[-1])
-        keep = extra["scores"].reshape(-1) >= float(self.loss_cfg["sw_min_score"])
+        keep = extra["scores"].reshape(-1) >= self.loss_cfg.sw_min_score
         desc = desc[keep]
         # Every rank must make the same number of gradient all-reduces, so all skip together.
         if any_rank(desc.shape[0] < 2, device=desc.device):
@@ -232,11 +191,9 @@ class TuskMethod(TrainingMethod):
         opt = optimizers["prototypes"]
         protos = self.encoder.prototypes
         value = 0.0
-        for _ in range(int(self.proto_cfg["steps"])):
+        for _ in range(self.proto_cfg.steps):
             opt.zero_grad(set_to_none=True)
-            sw = sliced_wasserstein_loss(
-                desc, protos, int(self.loss_cfg["sw_projections"]), float(self.loss_cfg["sw_noise_std"])
-            )
+            sw = sliced_wasserstein_loss(desc, protos, self.loss_cfg.sw_projections, self.loss_cfg.sw_noise_std)
             sw.backward()
             all_reduce_grads([protos])
             opt.step()
@@ -253,7 +210,7 @@ class TuskMethod(TrainingMethod):
     @torch.no_grad()
     def _restart_unused_prototypes(self, desc: Tensor, opt: torch.optim.Optimizer) -> int | None:
         """Count assignments; every ``restart_every`` batches re-seed the unused prototypes (rank 0's choice)."""
-        every = int(self.proto_cfg["restart_every"])
+        every = self.proto_cfg.restart_every
         if every <= 0:
             return None
         protos = self.encoder.prototypes
@@ -263,7 +220,7 @@ class TuskMethod(TrainingMethod):
         if int(self.batches_since_restart) < every:
             return None
         counts = torch.tensor(all_reduce_sum(self.prototype_counts.tolist(), desc.device), device=desc.device)
-        dead = reseed_unused_prototypes(protos.data, desc, counts, float(self.proto_cfg["restart_below"]))
+        dead = reseed_unused_prototypes(protos.data, desc, counts, self.proto_cfg.restart_below)
         broadcast_(protos.data)
         state = opt.state.get(protos, {})
         for key in ("exp_avg", "exp_avg_sq"):  # a restarted prototype starts with fresh moments
