@@ -105,7 +105,8 @@ class NodeProcess:
     """A node started exactly as the launch file starts it; stderr collected line by line."""
 
     def __init__(self, kind: str, model: Path | str, namespace: str, *, params_file: str | None = None,
-                 compressed: bool = False, debug: bool = False, extra: dict[str, str] | None = None) -> None:
+                 compressed: bool = False, debug: bool = False, extra: dict[str, str] | None = None,
+                 depth_topic: str = "") -> None:
         cfg = node_launch_config(
             kind,
             params_file=params_file or default_params_file(kind),
@@ -114,6 +115,7 @@ class NodeProcess:
             compressed=compressed,
             namespace=namespace,
             debug=debug,
+            depth_topic=depth_topic,
         )
         cmd = node_command(cfg)
         for key, value in (extra or {}).items():
