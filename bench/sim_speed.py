@@ -1,13 +1,24 @@
-"""Tabletop simulator throughput: frames per second at 128×128 with 1 and with 2 worker processes.
+"""Tabletop simulator throughput: what the robot-like outputs cost, and what a second worker gains.
 
 Runs ``generate_tabletop`` end to end (scene set-up, physics, ER_TINY_RENDERER,
-annotation, rosbag2 writing) for the same episodes with ``--workers 1`` and
-with ``--workers 2``, alternating the two over ``--repeats`` rounds in one run,
-and reports the median frames per second of each and their ratio (the
-parallel speed-up; at most 2 on two cores). It also times, in this process,
-one episode's per-frame cost split into physics step, rendering and annotation.
+annotation, rosbag2 writing) on the same episodes of one scene (``--scene``,
+default ``default``) in three settings, alternated over ``--repeats`` rounds
+in one run so drifting load hits all alike:
 
-    python -m kp_perception_bench.sim_speed [--episodes 4 --frames 20 --size 128 --repeats 1]
+- ``all_outputs``: one worker, every topic (colour, camera_info, depth,
+  instance ids, joint states, tf_static) and X,Y,Z ground truth, the default;
+- ``image_only``: one worker, ``--no-depth --no-instance-ids --no-joint-states``
+  (colour, camera_info and tf_static only);
+- ``all_outputs_2_workers``: two worker processes, every topic.
+
+It reports the median frames per second of each, the ratio all_outputs /
+image_only (the cost of the new outputs; 1.0 = free) and the 2-worker
+speed-up, and times one episode's per-frame cost in this process: physics,
+the one render (colour, depth and segmentation come from a single
+getCameraImage call), annotation, depth linearisation, the id mask and the
+joint state read.
+
+    python -m kp_perception_bench.sim_speed [--episodes 4 --frames 20 --size 128 --repeats 3]
 """
 
 from __future__ import annotations
@@ -18,45 +29,52 @@ import resource
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
+
+SETTINGS = ("all_outputs", "image_only", "all_outputs_2_workers")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=4, help="episodes per timed run (>= 2 to use 2 workers)")
     parser.add_argument("--frames", type=int, default=20, help="frames per episode")
     parser.add_argument("--size", type=int, default=128, help="square image size")
+    parser.add_argument("--scene", default="default", help="scene preset (default: default)")
     parser.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"))
-    parser.add_argument("--repeats", type=int, default=1, help="rounds of (1 worker, 2 workers); median reported")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of the three settings; median reported")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None, help="where to write the bags (default: a temp dir)")
 
 
 def _per_frame_breakdown(config, frames: int) -> dict:
-    """Mean ms per frame of physics (one frame = 1/fps s of simulation), render and annotation."""
+    """Mean ms per frame of each stage, in this process (one frame = 1/fps s of simulation)."""
     from kp_perception_training.sim.tabletop import TabletopScene
 
     t0 = time.perf_counter()
     scene = TabletopScene(config, 0)
     setup = time.perf_counter() - t0
-    step = render = annotate = 0.0
+    stages = dict.fromkeys(("physics", "render", "annotate", "depth", "instance_ids", "joint_state"), 0.0)
     try:
         for _ in range(frames):
-            t0 = time.perf_counter()
+            marks = [time.perf_counter()]
             scene.step()
-            t1 = time.perf_counter()
-            _, seg = scene.render()
-            t2 = time.perf_counter()
-            scene.annotate(seg)
-            t3 = time.perf_counter()
-            step, render, annotate = step + t1 - t0, render + t2 - t1, annotate + t3 - t2
+            marks.append(time.perf_counter())
+            views = scene.render_views()
+            marks.append(time.perf_counter())
+            scene.annotate(views.seg, views.depth_buffer)
+            marks.append(time.perf_counter())
+            scene.depth(views)
+            marks.append(time.perf_counter())
+            scene.instance_ids(views.seg)
+            marks.append(time.perf_counter())
+            scene.joint_state()
+            marks.append(time.perf_counter())
+            for name, a, b in zip(stages, marks[:-1], marks[1:], strict=True):
+                stages[name] += b - a
     finally:
         scene.close()
-    return {
-        "scene_setup_s": round(setup, 3),
-        "physics_ms_per_frame": round(1000 * step / frames, 2),
-        "render_ms_per_frame": round(1000 * render / frames, 2),
-        "annotate_ms_per_frame": round(1000 * annotate / frames, 3),
-    }
+    return {"scene_setup_s": round(setup, 3),
+            **{f"{name}_ms_per_frame": round(1000 * s / frames, 3) for name, s in stages.items()}}
 
 
 def _cpu_seconds() -> float:
@@ -68,43 +86,49 @@ def _cpu_seconds() -> float:
 def run(args: argparse.Namespace) -> dict:
     from kp_perception_training.sim.tabletop import TabletopConfig, generate_tabletop
 
-    config = TabletopConfig(frames=args.frames, size=args.size, seed=args.seed)
+    config = TabletopConfig.from_scene(args.scene, frames=args.frames, size=args.size, seed=args.seed)
+    image_only = replace(config, depth=False, instance_ids=False, joint_states=False)
+    runs = {"all_outputs": (config, 1), "image_only": (image_only, 1), "all_outputs_2_workers": (config, 2)}
     total_frames = args.episodes * args.frames
-    seconds: dict[int, list[float]] = {1: [], 2: []}
-    cores: dict[int, list[float]] = {1: [], 2: []}  # CPU seconds used per wall second
+    seconds: dict[str, list[float]] = {s: [] for s in SETTINGS}
+    cores: dict[str, list[float]] = {s: [] for s in SETTINGS}  # CPU seconds used per wall second
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        # Warm-up (imports, pybullet_data file cache), so the first timed setting pays no extra.
+        generate_tabletop(Path(tmp) / "warmup", 1, replace(config, frames=1), storage=args.storage, workers=1,
+                          show_progress=False)
         for r in range(args.repeats):
-            order = (1, 2) if r % 2 == 0 else (2, 1)  # alternate so drifting load hits both alike
-            for workers in order:
-                out = Path(tmp) / f"w{workers}_r{r}"
+            order = SETTINGS if r % 2 == 0 else SETTINGS[::-1]
+            for setting in order:
+                run_config, workers = runs[setting]
+                out = Path(tmp) / f"{setting}_r{r}"
                 cpu0 = _cpu_seconds()
                 t0 = time.perf_counter()
-                generate_tabletop(out, args.episodes, config, storage=args.storage, workers=workers,
+                generate_tabletop(out, args.episodes, run_config, storage=args.storage, workers=workers,
                                   show_progress=False)
-                seconds[workers].append(time.perf_counter() - t0)
-                cores[workers].append((_cpu_seconds() - cpu0) / seconds[workers][-1])
-    fps = {w: total_frames / statistics.median(s) for w, s in seconds.items()}
+                seconds[setting].append(time.perf_counter() - t0)
+                cores[setting].append((_cpu_seconds() - cpu0) / seconds[setting][-1])
+    fps = {s: total_frames / statistics.median(v) for s, v in seconds.items()}
     return {
         "benchmark": "sim_speed",
+        "scene": args.scene,
         "size": [args.size, args.size],
         "episodes": args.episodes,
         "frames_per_episode": args.frames,
         "storage": args.storage,
         "repeats": args.repeats,
-        "fps_1_worker": round(fps[1], 2),
-        "fps_2_workers": round(fps[2], 2),
-        "speedup_2_over_1": round(fps[2] / fps[1], 2),
-        "wall_s_1_worker": [round(s, 2) for s in seconds[1]],
-        "wall_s_2_workers": [round(s, 2) for s in seconds[2]],
+        "fps_all_outputs_1_worker": round(fps["all_outputs"], 2),
+        "fps_image_only_1_worker": round(fps["image_only"], 2),
+        # < 1: the new topics cost that fraction of the throughput; measured side by side.
+        "fps_ratio_all_outputs_over_image_only": round(fps["all_outputs"] / fps["image_only"], 3),
+        "fps_all_outputs_2_workers": round(fps["all_outputs_2_workers"], 2),
+        "speedup_2_over_1_workers": round(fps["all_outputs_2_workers"] / fps["all_outputs"], 2),
+        "wall_s": {s: [round(v, 2) for v in seconds[s]] for s in SETTINGS},
         # How many cores the runs actually got: near 1 and 2 on a quiet machine. When the
         # 2-worker run gets little more than 1, the machine (not the simulator) is the limit.
-        "cores_used_1_worker": round(statistics.median(cores[1]), 2),
-        "cores_used_2_workers": round(statistics.median(cores[2]), 2),
-        "cpu_ms_per_frame_2_workers": round(1000 * statistics.median(
-            [c * s for c, s in zip(cores[2], seconds[2], strict=True)]) / total_frames, 1),
+        "cores_used": {s: round(statistics.median(cores[s]), 2) for s in SETTINGS},
         "breakdown_one_process": _per_frame_breakdown(config, args.frames),
         "note": "end to end (set-up, physics, render, annotations, bag writing); wall-clock on a shared "
-        "CPU, so absolute figures are noisy; the ratio is measured side by side in one run",
+        "CPU, so absolute figures are noisy; the ratios are measured side by side in one run",
     }
 
 

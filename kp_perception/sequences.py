@@ -33,6 +33,9 @@ BAG_SUFFIXES = (".mcap", ".db3")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
+# Image encodings that carry colour (rgb8, bgra16, bayer_rggb8, yuv422, ...); mono, depth and ids do not.
+_COLOUR_ENCODING_PREFIXES = ("rgb", "bgr", "bayer_", "yuv", "uyvy", "yuyv")
+
 # Bytes hashed from each end of each file for the fingerprint (see Sequence.fingerprint).
 _FINGERPRINT_EDGE_BYTES = 1 << 20
 
@@ -155,7 +158,7 @@ class BagSequence(Sequence):
         with self._open() as reader:
             self.all_topics = {name: info.msgtype or "?" for name, info in reader.topics.items()}
             self.image_topics = sorted(t for t, typ in self.all_topics.items() if typ in IMAGE_TYPES)
-            self.topic = self._choose_topic(image_topic)
+            self.topic = self._choose_topic(image_topic, reader)
             self.msgtype = self.all_topics[self.topic]
             self._length = sum(c.msgcount for c in reader.connections if c.topic == self.topic)
         if self._length == 0:
@@ -178,12 +181,16 @@ class BagSequence(Sequence):
         finally:
             reader.close()
 
-    def _choose_topic(self, image_topic: str | None) -> str:
+    def _choose_topic(self, image_topic: str | None, reader) -> str:
         found = ", ".join(f"{t} ({typ})" for t, typ in sorted(self.all_topics.items())) or "none"
         if not self.image_topics:
             raise DataError(f"{self.source}: no sensor_msgs/Image or CompressedImage topic; topics found: {found}")
         if image_topic is None:
             if len(self.image_topics) > 1:
+                # A camera's depth, mono or id images beside one colour stream: the colour one is the data.
+                colour = [t for t in self.image_topics if self._is_colour_topic(reader, t)]
+                if len(colour) == 1:
+                    return colour[0]
                 raise DataError(
                     f"{self.source}: several image topics ({', '.join(self.image_topics)}); "
                     "choose one with --image-topic"
@@ -195,6 +202,16 @@ class BagSequence(Sequence):
                 f"image topics found: {', '.join(self.image_topics)}"
             )
         return image_topic
+
+    def _is_colour_topic(self, reader, topic: str) -> bool:
+        """Whether ``topic``'s first message is a colour image (not depth, mono or an id mask)."""
+        conns = [c for c in reader.connections if c.topic == topic]
+        for conn, _, raw in self._guarded(reader.messages(connections=conns)):
+            encoding = _message_encoding(self._deserialize(reader, raw, conn.msgtype)).lower()
+            if conn.msgtype == "sensor_msgs/msg/CompressedImage":
+                return "compresseddepth" not in encoding
+            return encoding.startswith(_COLOUR_ENCODING_PREFIXES)
+        return False
 
     def __len__(self) -> int:
         return self._length
@@ -427,8 +444,9 @@ def open_sequences(paths: Iterable[str | Path] | str | Path, image_topic: str | 
     these, searched recursively (e.g. the simulator's output with
     episode_000/, episode_001/ bags beside annotations.csv).
 
-    The image topic is chosen automatically when a bag has exactly one;
-    otherwise ``image_topic`` must name it. Names must be unique, because
+    The image topic is chosen automatically when a bag has exactly one, or
+    exactly one colour stream beside depth, mono or id images (a simulated or
+    RGB-D recording); otherwise ``image_topic`` must name it. Names must be unique, because
     annotations and splits refer to sequences by name.
     """
     if isinstance(paths, str | Path):

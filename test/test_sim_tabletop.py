@@ -19,7 +19,12 @@ from kp_perception.sequences import open_sequences
 from kp_perception_training.sim.annotations import Annotation, read_annotations, write_annotations
 from kp_perception_training.sim.tabletop import (
     CAMERA_INFO_TOPIC,
+    DEPTH_TOPIC,
+    FRAME_ID,
     IMAGE_TOPIC,
+    INSTANCE_TOPIC,
+    JOINT_STATES_TOPIC,
+    TF_STATIC_TOPIC,
     TabletopConfig,
     TabletopScene,
     generate_tabletop,
@@ -57,31 +62,44 @@ def _by_point(annotations: list[Annotation], sequence: str) -> dict[str, dict[in
     return out
 
 
-def test_each_episode_is_a_bag_with_one_image_and_one_camera_info_per_frame(sim_out):
+def test_each_episode_is_a_bag_with_every_camera_topic_once_per_frame(sim_out):
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
 
     scene = _scene(sim_out)
+    per_frame = {
+        IMAGE_TOPIC: "sensor_msgs/msg/Image",
+        CAMERA_INFO_TOPIC: "sensor_msgs/msg/CameraInfo",
+        DEPTH_TOPIC: "sensor_msgs/msg/Image",
+        INSTANCE_TOPIC: "sensor_msgs/msg/Image",
+        JOINT_STATES_TOPIC: "sensor_msgs/msg/JointState",
+    }
     for episode in ("episode_000", "episode_001"):
         bag = sim_out / episode
         assert list(bag.glob("*.mcap")), "mcap is the default storage"
         with AnyReader([bag], default_typestore=get_typestore(Stores.ROS2_KILTED)) as reader:
             types = {c.topic: c.msgtype for c in reader.connections}
-            assert types == {
-                IMAGE_TOPIC: "sensor_msgs/msg/Image",
-                CAMERA_INFO_TOPIC: "sensor_msgs/msg/CameraInfo",
-            }
+            assert types == {**per_frame, TF_STATIC_TOPIC: "tf2_msgs/msg/TFMessage"}
             stamps = defaultdict(list)
             for conn, _, raw in reader.messages():
                 msg = reader.deserialize(raw, conn.msgtype)
+                if conn.topic == TF_STATIC_TOPIC:
+                    continue
                 stamps[conn.topic].append(msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec)
+                if conn.topic == JOINT_STATES_TOPIC:
+                    continue
+                assert msg.header.frame_id == FRAME_ID == "camera_optical_frame"
                 if conn.topic == IMAGE_TOPIC:
                     assert (msg.encoding, msg.width, msg.height, msg.step) == ("rgb8", SIZE, SIZE, 3 * SIZE)
+                elif conn.topic == DEPTH_TOPIC:
+                    assert (msg.encoding, msg.width, msg.height, msg.step) == ("32FC1", SIZE, SIZE, 4 * SIZE)
+                elif conn.topic == INSTANCE_TOPIC:
+                    assert (msg.encoding, msg.width, msg.height, msg.step) == ("mono16", SIZE, SIZE, 2 * SIZE)
                 else:
                     np.testing.assert_allclose(msg.k.reshape(3, 3), scene["camera"]["K"])
                     assert (msg.width, msg.height) == (SIZE, SIZE)
-        assert len(stamps[IMAGE_TOPIC]) == len(stamps[CAMERA_INFO_TOPIC]) == FRAMES
-        assert stamps[IMAGE_TOPIC] == stamps[CAMERA_INFO_TOPIC]
+        assert all(len(stamps[t]) == FRAMES for t in per_frame)
+        assert all(stamps[t] == stamps[IMAGE_TOPIC] for t in per_frame)
         np.testing.assert_allclose(np.diff(stamps[IMAGE_TOPIC]), 1e9 / CONFIG.fps)  # 10 Hz
 
 
@@ -284,3 +302,20 @@ def test_annotations_csv_round_trip_and_bad_rows(tmp_path):
     (tmp_path / "d.csv").write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match="missing column"):
         read_annotations(tmp_path / "d.csv")
+
+
+def test_annotations_with_3d_round_trip_and_files_without_it_still_read(tmp_path):
+    from kp_perception.errors import DataError
+
+    rows = [Annotation("ep", 0, "duck/surface_0", 1.5, 2.25, True, (0.01234, -0.2, 0.98765)),
+            Annotation("ep", 0, "hand/tip", 3.0, 4.0, False)]
+    write_annotations(tmp_path / "a.csv", rows)
+    assert (tmp_path / "a.csv").read_text().splitlines()[0] == "sequence,frame,name,x,y,visible,X,Y,Z"
+    assert read_annotations(tmp_path / "a.csv") == rows  # a row without 3D keeps xyz None
+    # Written without any 3D: the six-column file of earlier releases, which reads with xyz None.
+    write_annotations(tmp_path / "b.csv", [Annotation("ep", 1, "head", 3.0, 4.0, True)])
+    assert (tmp_path / "b.csv").read_text().splitlines()[0] == "sequence,frame,name,x,y,visible"
+    assert read_annotations(tmp_path / "b.csv")[0].xyz is None
+    (tmp_path / "c.csv").write_text("sequence,frame,name,x,y,visible,X,Y,Z\nep,0,head,1,2,1,0.1,,0.3\n")
+    with pytest.raises(DataError, match="c.csv:2.*together"):
+        read_annotations(tmp_path / "c.csv")

@@ -8,7 +8,7 @@ read back by ``kp_perception.sequences`` goes through one pair of functions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,6 +21,24 @@ from kp_perception.image_conversion import image_fields, rgb8_to_compressed
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 STORAGES = ("mcap", "sqlite3")
+
+
+def latched_qos():
+    """The QoS a ``/tf_static`` publisher offers (tf2_ros's static broadcaster): reliable, transient local, depth 1."""
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    infinite = QosTime(sec=2147483647, nsec=4294967295)  # rclpy's "infinite" duration as rosbag2 records it
+    return Qos(
+        history=QosHistory.KEEP_LAST,
+        depth=1,
+        reliability=QosReliability.RELIABLE,
+        durability=QosDurability.TRANSIENT_LOCAL,
+        deadline=infinite,
+        lifespan=infinite,
+        liveliness=QosLiveliness.AUTOMATIC,
+        liveliness_lease_duration=infinite,
+        avoid_ros_namespace_conventions=False,
+    )
 
 
 def _typestore():
@@ -58,11 +76,16 @@ class BagWriter:
     ) -> None:
         self._writer.close()
 
-    def declare_topic(self, topic: str, msgtype: str):
-        """The rosbags connection of ``topic`` (created on first use; a topic may stay empty)."""
+    def declare_topic(self, topic: str, msgtype: str, qos: Sequence[Any] = ()):
+        """The rosbags connection of ``topic`` (created on first use; a topic may stay empty).
+
+        ``qos``: the publisher's offered QoS profiles (rosbags ``Qos``), recorded
+        in the bag so a player can republish with them, e.g. :func:`latched_qos`.
+        """
         conn = self._connections.get(topic)
         if conn is None:
-            conn = self._writer.add_connection(topic, msgtype, typestore=self.typestore)
+            conn = self._writer.add_connection(topic, msgtype, typestore=self.typestore,
+                                               offered_qos_profiles=list(qos))
             self._connections[topic] = conn
         return conn
 
@@ -73,9 +96,9 @@ class BagWriter:
                                                        nanosec=int(stamp_ns % 1_000_000_000))
         return types["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
 
-    def write_message(self, topic: str, msgtype: str, msg: Any, stamp_ns: int) -> None:
-        """Serialise any typestore message (e.g. a CameraInfo) onto ``topic``."""
-        conn = self.declare_topic(topic, msgtype)
+    def write_message(self, topic: str, msgtype: str, msg: Any, stamp_ns: int, qos: Sequence[Any] = ()) -> None:
+        """Serialise any typestore message (e.g. a CameraInfo) onto ``topic`` (``qos``: see declare_topic)."""
+        conn = self.declare_topic(topic, msgtype, qos)
         self._writer.write(conn, int(stamp_ns), self.typestore.serialize_cdr(msg, msgtype))
 
     def write_image(

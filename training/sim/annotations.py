@@ -1,10 +1,10 @@
 """The ground-truth keypoint annotations CSV: one writer (the simulator) and one reader (evaluation).
 
-Format (design.md's header plus a visibility column)::
+Format (design.md's header plus a visibility column and, optionally, 3D)::
 
-    sequence,frame,name,x,y,visible
-    episode_000,0,arm/panda_link4,61.250,20.875,1
-    episode_000,0,teddy/centre,40.500,77.125,0
+    sequence,frame,name,x,y,visible,X,Y,Z
+    episode_000,0,arm/panda_link4,61.250,20.875,1,0.01230,-0.22104,0.98751
+    episode_000,0,teddy/centre,40.500,77.125,0,-0.10021,0.12903,0.87310
 
 - ``sequence``: the bag, video or folder stem (for the simulator, ``episode_NNN``,
   the rosbag2 directory stem, which is what the dataset reader calls the sequence).
@@ -17,6 +17,10 @@ Format (design.md's header plus a visibility column)::
 - ``visible``: 1 when the point is seen in the frame, 0 when occluded or off
   screen, so evaluation can leave it out. Optional when reading: a file with
   design.md's five-column header reads as all visible.
+- ``X``, ``Y``, ``Z``: optional, the point in the camera's optical frame
+  (x right, y down, z forward; the ``header.frame_id`` of the images), in
+  metres. A file without them (older simulations, hand annotations) reads
+  with ``xyz = None``; the writer adds them only when some row has them.
 """
 
 from __future__ import annotations
@@ -29,12 +33,13 @@ from pathlib import Path
 from kp_perception.errors import DataError
 
 HEADER = ("sequence", "frame", "name", "x", "y", "visible")
+XYZ_COLUMNS = ("X", "Y", "Z")
 _REQUIRED = HEADER[:5]
 
 
 @dataclass(frozen=True)
 class Annotation:
-    """One annotated point in one frame; x, y in original-frame pixels."""
+    """One annotated point in one frame; x, y in original-frame pixels, xyz in the optical frame (m) or None."""
 
     sequence: str
     frame: int
@@ -42,18 +47,26 @@ class Annotation:
     x: float
     y: float
     visible: bool = True
+    xyz: tuple[float, float, float] | None = None
 
 
 def write_annotations(path: str | Path, annotations: Iterable[Annotation]) -> int:
-    """Write ``annotations`` to ``path`` (overwriting it) in file order; return the row count."""
-    count = 0
+    """Write ``annotations`` to ``path`` (overwriting it) in file order; return the row count.
+
+    ``X,Y,Z`` columns (10 µm resolution) are written when any row has ``xyz``;
+    rows without it leave them empty.
+    """
+    rows = list(annotations)
+    with_xyz = any(a.xyz is not None for a in rows)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(HEADER)
-        for a in annotations:
-            writer.writerow([a.sequence, a.frame, a.name, f"{a.x:.3f}", f"{a.y:.3f}", int(a.visible)])
-            count += 1
-    return count
+        writer.writerow(HEADER + XYZ_COLUMNS if with_xyz else HEADER)
+        for a in rows:
+            row = [a.sequence, a.frame, a.name, f"{a.x:.3f}", f"{a.y:.3f}", int(a.visible)]
+            if with_xyz:
+                row += ["", "", ""] if a.xyz is None else [f"{v:.5f}" for v in a.xyz]
+            writer.writerow(row)
+    return len(rows)
 
 
 def read_annotations(path: str | Path) -> list[Annotation]:
@@ -76,6 +89,7 @@ def read_annotations(path: str | Path) -> list[Annotation]:
         for row in reader:
             try:
                 visible = row.get("visible")
+                xyz = tuple(row.get(c) or "" for c in XYZ_COLUMNS)
                 out.append(
                     Annotation(
                         sequence=row["sequence"],
@@ -84,6 +98,7 @@ def read_annotations(path: str | Path) -> list[Annotation]:
                         x=float(row["x"]),
                         y=float(row["y"]),
                         visible=True if visible in (None, "") else _parse_bool(visible),
+                        xyz=_parse_xyz(xyz),
                     )
                 )
             except (TypeError, ValueError) as exc:
@@ -99,6 +114,15 @@ def group_by_frame(
     for a in annotations:
         grouped.setdefault((a.sequence, a.frame), {})[a.name] = a
     return grouped
+
+
+def _parse_xyz(cells: tuple[str, ...]) -> tuple[float, float, float] | None:
+    if not any(c.strip() for c in cells):
+        return None
+    if not all(c.strip() for c in cells):
+        raise ValueError("X, Y and Z must be given together")
+    x, y, z = (float(c) for c in cells)
+    return (x, y, z)
 
 
 def _parse_bool(text: str) -> bool:
