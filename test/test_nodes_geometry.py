@@ -235,3 +235,59 @@ def test_launch_helper_remaps_depth_and_record_command_records_what_policy_learn
         record_command("bags/ep4", compression="lz4")
     with pytest.raises(ConfigError, match="max_bag_size"):
         record_command("bags/ep4", max_bag_size="big")
+
+
+def test_the_robot_guide_policy_loop_runs_against_the_node(peer, models, tmp_path):
+    """docs/robot_guide.md's example, as written, against a real node, joint states and a policy stand-in."""
+    import re
+    import subprocess
+    import sys
+
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float64MultiArray
+
+    from kp_perception.nodes.launch_args import LARGE_DATA_ENV
+    from test.test_nodes import REPO
+
+    guide = (REPO / "docs" / "robot_guide.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", guide, re.S) if "ObservationJointPairer" in b)
+    stand_in = 'policy = lambda obs, q: np.full(len(JOINTS), 1.0 + obs["valid"].sum() + q[0])  # noqa: E731\n'
+    code, n = re.subn(r"^policy = lambda.*\n", stand_in, code, flags=re.M)
+    assert n == 1
+    code = code.replace('"/models/pyramids.onnx"', repr(str(models["pyramids"])))
+    script = tmp_path / "policy_loop.py"
+    script.write_text(code)
+
+    ns = "pyr_policy"
+    node = NodeProcess("pyramids", models["pyramids"], ns, extra={"publish_observation": "true"})
+    loop = subprocess.Popen(
+        [sys.executable, str(script), "--ros-args", "-r", f"/keypoints_observation:={node.ns}/keypoints_observation",
+         "-r", f"/joint_states:={node.ns}/joint_states", "-r", f"/velocity_controller/commands:={node.ns}/commands"],
+        env={**__import__("os").environ, **LARGE_DATA_ENV}, stderr=subprocess.PIPE, text=True)
+    try:
+        commands = peer.collect(Float64MultiArray, f"{node.ns}/commands")
+        image_pub = peer.node.create_publisher(Image, node.image_topic, qos_profile_sensor_data)
+        joint_pub = peer.node.create_publisher(JointState, f"{node.ns}/joint_states", 50)
+        wait_for(lambda: image_pub.get_subscription_count() > 0 and joint_pub.get_subscription_count() > 0, 30,
+                 "the node and the policy loop", node)
+        wait_for(lambda: any(all(v == 0.0 for v in c.data) for c in commands), 30, "a stop command (no input yet)")
+        deadline = time.monotonic() + 40
+        i = 0
+        while not any(c.data[0] > 1.0 for c in list(commands)):
+            assert time.monotonic() < deadline and loop.poll() is None, f"no policy command\n{node.stderr()}"
+            header = Header(frame_id="camera_color_optical_frame", stamp=peer.node.get_clock().now().to_msg())
+            for dt in (-0.01, 0.0, 0.01):  # joint states around the image stamp
+                js = JointState(header=Header(stamp=header.stamp), name=[f"panda_joint{j}" for j in range(7, 0, -1)],
+                                position=[0.5 + j for j in range(7)])
+                js.header.stamp.nanosec = max(0, min(999_999_999, header.stamp.nanosec + int(dt * 1e9)))
+                joint_pub.publish(js)
+            image_pub.publish(numpy_to_image(make_frame(i), "rgb8", header=header))
+            i += 1
+            time.sleep(0.05)
+        # 1 + valid slots (all of them at threshold 0) + q of panda_joint1 (listed last: 0.5 + 6).
+        slots = ObservationLayout.from_sidecar(models["pyramids"]).shape[0]
+        assert any(c.data[0] == pytest.approx(1.0 + slots + 6.5) for c in list(commands))
+    finally:
+        loop.terminate()
+        loop.wait(timeout=10)
+        assert node.stop() == 0, node.stderr()
