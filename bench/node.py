@@ -186,7 +186,7 @@ def _inference(backend, iterations: int) -> dict:
     from std_msgs.msg import Header
 
     from kp_perception.camera_geometry import CameraModel, locate_keypoints
-    from kp_perception.image_conversion import depth_to_metres, image_to_rgb8, numpy_to_image
+    from kp_perception.image_conversion import depth_view, image_to_rgb8, numpy_to_image
     from kp_perception.observation import ObservationLayout, observe
     from kp_perception.results import threshold_pyramid
     from kp_perception.ros_conversion import observation_to_msg, pyramid_to_msg
@@ -207,7 +207,8 @@ def _inference(backend, iterations: int) -> dict:
         # The same with camera geometry: depth conversion, undistortion, medians, 3D fields, observation.
         result = backend.infer(image_to_rgb8(msgs[i % 4]))
         camera.check_size(result.image_width, result.image_height)
-        result = locate_keypoints(result, camera, depth_to_metres(depth_msg), 5)
+        depth, scale = depth_view(depth_msg)
+        result = locate_keypoints(result, camera, depth, 5, scale)
         pyramid_to_msg(threshold_pyramid(result, 0.0), Header())
         observation_to_msg(observe(result, layout), Header())
         t3 = time.perf_counter()

@@ -17,7 +17,7 @@ import pytest
 from kp_perception.camera_geometry import CameraModel, deproject, locate_keypoints
 from kp_perception.depth_sampling import sample_depth
 from kp_perception.errors import CameraInfoError, ImageConversionError
-from kp_perception.image_conversion import depth_to_metres, image_fields
+from kp_perception.image_conversion import depth_to_metres, depth_view, image_fields
 from kp_perception.results import KeypointPyramidResult, threshold_pyramid
 
 W, H = 640, 480
@@ -137,6 +137,20 @@ def test_depth_sampling_takes_the_median_of_valid_pixels_and_flags_points_withou
     assert not v1[0] and np.isnan(z1[0])
     with pytest.raises(ValueError, match="odd"):
         sample_depth(depth, xy, window=4)
+
+
+def test_sampling_the_stored_millimetres_equals_sampling_the_decoded_metres():
+    rng = np.random.default_rng(3)
+    mm = rng.integers(300, 3000, (48, 64)).astype(np.uint16)
+    mm[rng.random(mm.shape) < 0.3] = 0  # 30 % holes
+    msg = depth_msg(mm, "16UC1")
+    raw, scale = depth_view(msg)
+    assert raw.dtype == np.uint16 and scale == pytest.approx(1e-3)
+    xy = rng.uniform(-2, 66, (200, 2))
+    z_raw, v_raw = sample_depth(raw, xy, 5, scale)
+    z_m, v_m = sample_depth(depth_to_metres(msg), xy, 5)
+    assert v_raw.tolist() == v_m.tolist() and v_raw.any() and not v_raw.all()
+    assert np.array_equal(z_raw, z_m, equal_nan=True)
 
 
 def test_keypoints_get_the_3d_points_of_a_plane_of_known_depth_through_a_distorted_lens():

@@ -62,7 +62,7 @@ from std_msgs.msg import Header
 
 from kp_perception.camera_geometry import CameraModel, locate_keypoints
 from kp_perception.errors import CameraInfoError, ConfigError, KpPerceptionError, ModelLoadError
-from kp_perception.image_conversion import compressed_to_rgb8, depth_to_metres, image_to_rgb8, numpy_to_image
+from kp_perception.image_conversion import compressed_to_rgb8, depth_view, image_to_rgb8, numpy_to_image
 from kp_perception.observation import COORDINATES, ObservationLayout, observe
 from kp_perception.ros_conversion import observation_to_msg
 from kp_perception.stamp_matching import StampBuffer, stamp_to_ns
@@ -555,14 +555,14 @@ class KeypointNode(Node):
             self.get_logger().warning(str(exc), throttle_duration_sec=5.0)
             return result
         self._camera_problem = ""
-        depth_m = None
+        depth_m, depth_scale = None, 1.0
         if self._depth_sub is not None:
             depth_msg = self._match_depth(stamp_to_ns(msg.header))
             if depth_msg is None:
                 self.stats.count("depth_missing")
             else:
                 try:
-                    depth_m = depth_to_metres(depth_msg)
+                    depth_m, depth_scale = depth_view(depth_msg)
                     if depth_m.shape != (result.image_height, result.image_width):
                         raise CameraInfoError(
                             f"depth image is {depth_m.shape[1]}x{depth_m.shape[0]}, the colour image "
@@ -572,7 +572,7 @@ class KeypointNode(Node):
                     depth_m = None
                     self.stats.count("depth_rejected")
                     self.get_logger().warning(f"skipping depth frame: {exc}", throttle_duration_sec=5.0)
-        return locate_keypoints(result, camera, depth_m, self.settings.depth_window)
+        return locate_keypoints(result, camera, depth_m, self.settings.depth_window, depth_scale)
 
     def _match_depth(self, stamp_ns: int) -> Image | None:
         """The buffered depth frame nearest the image stamp within tolerance, waiting briefly while one may come."""
