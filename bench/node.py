@@ -9,7 +9,16 @@ comparable and do not compete for the CPU):
    publishes a std_msgs/Header with the image stamp: what rclpy transport of
    a 640×480 frame costs here.
 3. **node**: ``pyramids_node`` started as the launch file starts it
-   (config/pyramids.yaml + launch_args), at 30 Hz and at 60 Hz.
+   (config/pyramids.yaml + launch_args), at 30 Hz and at 60 Hz: image only.
+4. **node_3d** (issue 16), right after 3 at the same rate: the same node with
+   camera geometry on. The publisher also sends a camera_info (plumb_bob, K and
+   D of a 640×480 camera) and an aligned 32FC1 depth image (640×480, 1.2 MB)
+   with the image's stamp, right AFTER the image (the node may have to wait for
+   the depth: the conservative order); the node is started with
+   ``depth_topic`` set and publishes the metric PolicyObservation as well.
+   So node_3d - node is the whole added cost: two more subscriptions (1.2 MB
+   of depth per frame through rclpy), stamp matching, depth conversion,
+   undistortion, window medians, the 3D fields and the observation message.
 
 For 2 and 3 a separate publisher process sends 640×480 rgb8 frames (sensor
 QoS, FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA) stamped at publish time; this
@@ -21,7 +30,8 @@ RSS sampled every 10 s (memory flat check).
 Goals (issue 7; 2-core CPU, onnxruntime, 128×128 Keypoint Pyramids model):
 node p50 <= 15 ms and p99 <= 30 ms at 30 Hz; p50(node) <= p50(pass-through)
 + p50(inference) + 2 ms; 60 Hz p99 <= 2 × 30 Hz p99, with drops and no
-growing latency; RSS flat over the soak.
+growing latency; RSS flat over the soak. Issue 16: node_3d p50 <= 15 ms and
+p99 <= 30 ms at 30 Hz, 640×480, with the CPU model.
 """
 
 from __future__ import annotations
@@ -42,6 +52,12 @@ WIDTH, HEIGHT = 640, 480
 NAMESPACE = "bench_node"
 IMAGE_TOPIC = f"/{NAMESPACE}/camera/image_raw"
 PASS_TOPIC = f"/{NAMESPACE}/passthrough"
+CAMERA_INFO_TOPIC = f"/{NAMESPACE}/camera/camera_info"  # beside the image topic (image_transport's rule)
+DEPTH_TOPIC = f"/{NAMESPACE}/camera/depth/image_raw"
+FRAME_ID = "camera_optical_frame"
+# A 640x480 camera with mild plumb_bob distortion (what a calibrated RGB-D camera publishes).
+K = (525.0, 0.0, 319.5, 0.0, 525.0, 239.5, 0.0, 0.0, 1.0)
+D = (0.05, -0.12, 0.001, -0.0005, 0.03)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,9 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the node's 'threads' parameter (inference threads; default 1 as in "
                         "config/pyramids.yaml; 0 = library default)")
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="also run a 30 Hz soak this long")
+    parser.add_argument("--no-geometry", action="store_true",
+                        help="skip the node_3d runs (camera_info + depth + metric observation)")
     parser.add_argument("--role", default="bench", choices=["bench", "publisher", "passthrough"],
                         help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=30.0, help=argparse.SUPPRESS)
+    parser.add_argument("--with-geometry", action="store_true", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -70,7 +89,7 @@ def run(args: argparse.Namespace) -> dict:
     # Every participant, this one included, needs LARGE_DATA for 640x480 frames (docs/troubleshooting.md).
     os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
     if args.role == "publisher":
-        return _publisher(args.rate, args.warmup + args.seconds)
+        return _publisher(args.rate, args.warmup + args.seconds, args.with_geometry)
     if args.role == "passthrough":
         return _passthrough()
     with tempfile.TemporaryDirectory(prefix="bench_node_") as tmp:
@@ -88,7 +107,8 @@ def _bench(args: argparse.Namespace, model: Path) -> dict:
 
     from kp_perception.backends import load_backend
 
-    steps = 1 + 2 * len(args.rates) + (1 if args.soak_minutes > 0 else 0)
+    per_rate = 2 if args.no_geometry else 3
+    steps = 1 + per_rate * len(args.rates) + (1 if args.soak_minutes > 0 else 0)
     bar = tqdm(total=steps, desc="bench node", file=sys.stderr)
     backend = load_backend(model, expected_kind="pyramids", threads=args.node_threads)
     out: dict = {
@@ -107,6 +127,8 @@ def _bench(args: argparse.Namespace, model: Path) -> dict:
     peer = _Receiver()
     try:
         out["passthrough"], out["node"] = {}, {}
+        if not args.no_geometry:
+            out["node_3d"] = {}
         for rate in args.rates:
             key = f"{rate:g}hz"
             out["passthrough"][key] = _measure(peer, "passthrough", model, rate, args.seconds, args.warmup)
@@ -114,6 +136,10 @@ def _bench(args: argparse.Namespace, model: Path) -> dict:
             out["node"][key] = _measure(peer, "node", model, rate, args.seconds, args.warmup,
                                         threads=args.node_threads)
             bar.update()
+            if not args.no_geometry:
+                out["node_3d"][key] = _measure(peer, "node_3d", model, rate, args.seconds, args.warmup,
+                                               threads=args.node_threads)
+                bar.update()
         if args.soak_minutes > 0:
             out["soak"] = _measure(peer, "node", model, 30.0, 60.0 * args.soak_minutes, args.warmup,
                                    rss_every=10.0, threads=args.node_threads)
@@ -139,6 +165,13 @@ def _goals(out: dict, rates: list[float]) -> dict:
             n60 = node["60hz"]
             goals["p99_60hz_le_2x_p99_30hz"] = n60["latency_ms"]["p99"] <= 2.0 * n30["p99"]
             goals["60hz_latency_not_growing"] = n60["latency_trend_ms"] <= 5.0
+    if "30hz" in out.get("node_3d", {}):
+        g30 = out["node_3d"]["30hz"]["latency_ms"]
+        goals["p50_le_15ms_at_30hz_with_camera_info_and_depth"] = g30["p50"] <= 15.0
+        goals["p99_le_30ms_at_30hz_with_camera_info_and_depth"] = g30["p99"] <= 30.0
+        if "30hz" in node:
+            goals["added_p50_ms_camera_info_and_depth"] = g30["p50"] - node["30hz"]["latency_ms"]["p50"]
+            goals["added_p99_ms_camera_info_and_depth"] = g30["p99"] - node["30hz"]["latency_ms"]["p99"]
     if "soak" in out:
         soak = out["soak"]
         goals["rss_flat_over_soak"] = soak["rss_mb_end"] <= soak["rss_mb_start"] * 1.05 + 5.0
@@ -152,12 +185,17 @@ def _inference(backend, iterations: int) -> dict:
         backend.infer(frames[i % 4])
     from std_msgs.msg import Header
 
-    from kp_perception.image_conversion import image_to_rgb8, numpy_to_image
+    from kp_perception.camera_geometry import CameraModel, locate_keypoints
+    from kp_perception.image_conversion import depth_view, image_to_rgb8, numpy_to_image
+    from kp_perception.observation import ObservationLayout, observe
     from kp_perception.results import threshold_pyramid
-    from kp_perception.ros_conversion import pyramid_to_msg
+    from kp_perception.ros_conversion import observation_to_msg, pyramid_to_msg
 
     msgs = [numpy_to_image(f, "rgb8") for f in frames]
-    times, path = [], []
+    depth_msg = numpy_to_image(_depth_image(), "32FC1")
+    camera = CameraModel.from_camera_info(_camera_info(Header()))
+    layout = ObservationLayout.from_sidecar(backend.sidecar, "metric")
+    times, path, path_3d = [], [], []
     for i in range(iterations):
         t0 = time.perf_counter()
         backend.infer(frames[i % 4])
@@ -166,10 +204,20 @@ def _inference(backend, iterations: int) -> dict:
         result = backend.infer(image_to_rgb8(msgs[i % 4]))
         pyramid_to_msg(threshold_pyramid(result, 0.0), Header())
         t2 = time.perf_counter()
+        # The same with camera geometry: depth conversion, undistortion, medians, 3D fields, observation.
+        result = backend.infer(image_to_rgb8(msgs[i % 4]))
+        camera.check_size(result.image_width, result.image_height)
+        depth, scale = depth_view(depth_msg)
+        result = locate_keypoints(result, camera, depth, 5, scale)
+        pyramid_to_msg(threshold_pyramid(result, 0.0), Header())
+        observation_to_msg(observe(result, layout), Header())
+        t3 = time.perf_counter()
         times.append((t1 - t0) * 1e3)
         path.append((t2 - t1) * 1e3)
+        path_3d.append((t3 - t2) * 1e3)
     return {"backend": backend.name, "iterations": iterations, "latency_ms": _percentiles(times),
-            "node_worker_path_ms": _percentiles(path)}
+            "node_worker_path_ms": _percentiles(path),
+            "node_worker_path_with_camera_info_and_depth_ms": _percentiles(path_3d)}
 
 
 def _measure(peer: _Receiver, what: str, model: Path, rate: float, seconds: float, warmup: float,
@@ -177,12 +225,16 @@ def _measure(peer: _Receiver, what: str, model: Path, rate: float, seconds: floa
     """One run: start the system under test and a publisher, keep what arrives after the warm-up."""
 
     env = {**os.environ, "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "PYTHONUNBUFFERED": "1"}
-    if what == "node":
+    geometry = what == "node_3d"
+    if what in ("node", "node_3d"):
         from kp_perception.nodes.launch_args import default_params_file, node_command, node_launch_config
 
         cfg = node_launch_config("pyramids", params_file=default_params_file("pyramids"), model=str(model),
-                                 image_topic=IMAGE_TOPIC, namespace=NAMESPACE)
+                                 image_topic=IMAGE_TOPIC, namespace=NAMESPACE,
+                                 depth_topic=DEPTH_TOPIC if geometry else "")
         cmd = [*node_command(cfg), "-p", f"threads:={threads}"]
+        if geometry:
+            cmd += ["-p", "publish_observation:=true", "-p", "observation_coordinates:=metric"]
         env.update(cfg.env)
         topic = f"/{NAMESPACE}/keypoints"
     else:
@@ -193,11 +245,12 @@ def _measure(peer: _Receiver, what: str, model: Path, rate: float, seconds: floa
     sut = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
     publisher = None
     try:
-        _wait(lambda: peer.node.count_subscribers(IMAGE_TOPIC) > 0 and peer.publishers(topic) > 0, 60,
+        inputs = [IMAGE_TOPIC, CAMERA_INFO_TOPIC, DEPTH_TOPIC] if geometry else [IMAGE_TOPIC]
+        _wait(lambda: all(peer.node.count_subscribers(i) > 0 for i in inputs) and peer.publishers(topic) > 0, 60,
               f"{what} to come up", sut, log)
         publisher = subprocess.Popen(
             [sys.executable, "-m", "kp_perception_bench.node", "--role", "publisher", "--rate", str(rate),
-             "--seconds", str(seconds + warmup + 60.0)],
+             "--seconds", str(seconds + warmup + 60.0), *(["--with-geometry"] if geometry else [])],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         stamps: list[int] = []
@@ -232,7 +285,8 @@ def _measure(peer: _Receiver, what: str, model: Path, rate: float, seconds: floa
     arrivals = peer.take(what)
     sent = [s for s in stamps if keep_from <= s < keep_to]
     sent_set = set(sent)
-    kept = [(s, a) for s, a in arrivals if s in sent_set]
+    kept = [(s, a) for s, a, *_ in arrivals if s in sent_set]
+    with_depth = [d for s, _a, d in arrivals if s in sent_set]
     latencies = [(a - s) * 1e-6 for s, a in sorted(kept)]
     third = max(len(latencies) // 3, 1)
     result = {
@@ -249,6 +303,9 @@ def _measure(peer: _Receiver, what: str, model: Path, rate: float, seconds: floa
         "rss_mb_start": rss0,
         "rss_mb_end": rss1,
     }
+    if geometry:  # proof that the 3D path ran: outputs with a matched depth frame, and valid points
+        result["outputs_with_depth"] = int(sum(d[0] for d in with_depth))
+        result["valid_points_per_output"] = float(np.mean([d[1] for d in with_depth])) if with_depth else 0.0
     if rss_every:
         result["rss_mb_samples"] = rss_samples
     return result
@@ -294,14 +351,16 @@ class _Receiver:
             self._arrivals[key] = []
         if key in self._subs:
             return
-        msg_type = KeypointPyramid if key == "node" else Header
+        is_node = key.startswith("node")
+        msg_type = KeypointPyramid if is_node else Header
 
         def on_msg(msg) -> None:
             arrival = self.now_ns()
-            header = msg.header if key == "node" else msg
+            header = msg.header if is_node else msg
             stamp = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+            depth = (bool(msg.has_depth), sum(k.position_valid for k in msg.keypoints)) if is_node else (False, 0)
             with self._lock:
-                self._arrivals[key].append((stamp, arrival))
+                self._arrivals[key].append((stamp, arrival, depth))
 
         self._subs[key] = self.node.create_subscription(msg_type, topic, on_msg, 50)
 
@@ -309,7 +368,7 @@ class _Receiver:
         with self._lock:
             return len(self._arrivals[key])
 
-    def take(self, key: str) -> list[tuple[int, int]]:
+    def take(self, key: str) -> list[tuple[int, int, tuple[bool, int]]]:
         with self._lock:
             out, self._arrivals[key] = self._arrivals[key], []
         return out
@@ -325,25 +384,72 @@ class _Receiver:
 # --- helper processes -----------------------------------------------------------------------------
 
 
-def _publisher(rate: float, seconds: float) -> dict:
-    """Publish 640×480 rgb8 frames at ``rate`` until killed (at most ``seconds``); print each stamp sent."""
+def _publisher(rate: float, seconds: float, with_geometry: bool = False) -> dict:
+    """Publish 640×480 rgb8 frames at ``rate`` until killed (at most ``seconds``); print each stamp sent.
+
+    With geometry, each image is followed by a camera_info and a 32FC1 depth image with its stamp.
+    """
     import itertools
 
     import rclpy
+    from builtin_interfaces.msg import Time
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_msgs.msg import Header
 
+    from kp_perception.image_conversion import numpy_to_image
     from kp_perception.playback import FramePlayer
 
     rclpy.init()
     node = rclpy.create_node("bench_node_publisher")
-    player = FramePlayer(node, IMAGE_TOPIC)
+    player = FramePlayer(node, IMAGE_TOPIC, frame_id=FRAME_ID)
     rng = np.random.default_rng(1)
     frames = [rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8) for _ in range(8)]
+    extra = None
+    if with_geometry:
+        info_pub = node.create_publisher(CameraInfo, CAMERA_INFO_TOPIC, 10)
+        depth_pub = node.create_publisher(Image, DEPTH_TOPIC, qos_profile_sensor_data)
+        depth_msg = numpy_to_image(_depth_image(), "32FC1")
+        info_msg = _camera_info(Header())
+
+        def extra(sent) -> None:
+            stamp = Time(sec=sent.stamp_ns // 1_000_000_000, nanosec=sent.stamp_ns % 1_000_000_000)
+            header = Header(stamp=stamp, frame_id=FRAME_ID)
+            info_msg.header = header
+            depth_msg.header = header
+            info_pub.publish(info_msg)
+            depth_pub.publish(depth_msg)
+
     player.wait_for_subscribers(timeout=30.0)
-    player.play(itertools.islice(itertools.cycle(frames), int(seconds * rate)), rate,
-                on_sent=lambda sent: print(sent.stamp_ns, flush=True))
+
+    def on_sent(sent) -> None:
+        if extra is not None:
+            extra(sent)
+        print(sent.stamp_ns, flush=True)
+
+    player.play(itertools.islice(itertools.cycle(frames), int(seconds * rate)), rate, on_sent=on_sent)
     node.destroy_node()
     rclpy.try_shutdown()
     return {}
+
+
+def _depth_image() -> np.ndarray:
+    """640×480 float32 metres: a table plane seen obliquely (0.6 m at the bottom, 1.4 m at the top), with holes."""
+    rows = np.linspace(1.4, 0.6, HEIGHT, dtype=np.float32)[:, None]
+    depth = np.repeat(rows, WIDTH, axis=1)
+    depth[::17, ::13] = np.nan  # scattered missing returns, as a real sensor has
+    return depth
+
+
+def _camera_info(header):
+    from sensor_msgs.msg import CameraInfo
+
+    info = CameraInfo(header=header, width=WIDTH, height=HEIGHT, distortion_model="plumb_bob")
+    info.k = list(K)
+    info.d = list(D)
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.p = [K[0], 0.0, K[2], 0.0, 0.0, K[4], K[5], 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info
 
 
 def _passthrough() -> dict:

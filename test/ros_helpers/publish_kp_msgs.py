@@ -1,4 +1,4 @@
-"""Publish one KeypointPyramid and one PrototypeDetectionArray built from a JSON spec.
+"""Publish one KeypointPyramid, PrototypeDetectionArray and PolicyObservation built from a JSON spec.
 
 Run as a separate process by test/test_msgs_roundtrip.py, so the messages
 cross a real process boundary through Fast DDS. Reliable, transient-local
@@ -17,9 +17,16 @@ import sys
 import time
 
 import rclpy
+from geometry_msgs.msg import Point
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from kp_perception_msgs.msg import Keypoint, KeypointPyramid, PrototypeDetection, PrototypeDetectionArray
+from kp_perception_msgs.msg import (
+    Keypoint,
+    KeypointPyramid,
+    PolicyObservation,
+    PrototypeDetection,
+    PrototypeDetectionArray,
+)
 
 QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
@@ -35,6 +42,14 @@ def _header(msg, spec: dict) -> None:
     msg.header.frame_id = spec["header"]["frame_id"]
     msg.image_width = spec["image_width"]
     msg.image_height = spec["image_height"]
+    if "has_depth" in spec:
+        msg.has_camera_info, msg.has_depth = spec["has_camera_info"], spec["has_depth"]
+
+
+def _geometry(spec: dict) -> dict:
+    x, y, z = spec["position"]
+    return {"x_normalized": spec["x_normalized"], "y_normalized": spec["y_normalized"],
+            "position": Point(x=x, y=y, z=z), "position_valid": spec["position_valid"]}
 
 
 def build_pyramid(spec: dict) -> KeypointPyramid:
@@ -42,7 +57,7 @@ def build_pyramid(spec: dict) -> KeypointPyramid:
     _header(msg, spec)
     msg.level_sizes = spec["level_sizes"]
     msg.keypoints = [
-        Keypoint(x=k["x"], y=k["y"], score=k["score"], level=k["level"], parent=k["parent"])
+        Keypoint(x=k["x"], y=k["y"], score=k["score"], level=k["level"], parent=k["parent"], **_geometry(k))
         for k in spec["keypoints"]
     ]
     return msg
@@ -55,10 +70,20 @@ def build_detections(spec: dict) -> PrototypeDetectionArray:
     msg.detections = [
         PrototypeDetection(
             x=d["x"], y=d["y"], score=d["score"], prototype=d["prototype"],
-            distance=d["distance"], descriptor=d["descriptor"],
+            distance=d["distance"], descriptor=d["descriptor"], **_geometry(d),
         )
         for d in spec["detections"]
     ]
+    return msg
+
+
+def build_observation(spec: dict) -> PolicyObservation:
+    msg = PolicyObservation()
+    _header(msg, spec)
+    msg.model_kind, msg.coordinates = spec["model_kind"], spec["coordinates"]
+    msg.slot_names, msg.field_names = spec["slot_names"], spec["field_names"]
+    msg.data = spec["data"]
+    msg.valid = spec["valid"]
     return msg
 
 
@@ -78,6 +103,8 @@ def main() -> int:
         (node.create_publisher(KeypointPyramid, f"{args.prefix}/pyramid", QOS), build_pyramid(spec["pyramid"])),
         (node.create_publisher(PrototypeDetectionArray, f"{args.prefix}/detections", QOS),
          build_detections(spec["detections"])),
+        (node.create_publisher(PolicyObservation, f"{args.prefix}/observation", QOS),
+         build_observation(spec["observation"])),
     ]
     deadline = time.monotonic() + args.timeout
     matched = False
