@@ -21,7 +21,9 @@ e = s − s*, on joint velocities, where Ĵ⁺ is a damped least-squares inverse
     q̇ = −λ (JᵀW J + μ² I)⁻¹ JᵀW e,    μ = damping · σ_max(W^½ J)
 
 then scaled down as a whole (direction kept) so no joint exceeds
-``max_joint_velocity``. W weights each feature: 0 when it is invalid now or in
+``max_joint_velocity``. A joint at its limit (when limits are given) whose
+command points further into it is clamped: removed from the solve, and the
+other joints re-solved to do its share. W weights each feature: 0 when it is invalid now or in
 the goal, or when its Jacobian rows are smaller than ``motion_threshold`` ×
 the largest (a keypoint on the table or an object does not move with the arm,
 and its error cannot be reduced by moving the arm).
@@ -53,6 +55,7 @@ class IBVSConfig:
     broyden_min_step: float = 2e-3  # rad: smaller measured steps do not update J
     motion_threshold: float = 0.15  # weight out features whose J rows are < this × the largest
     min_features: int = 2  # fewer usable features than this: command zero
+    limit_margin: float = 0.05  # rad: a joint this close to a limit is not driven further into it
 
 
 class BroydenIBVS:
@@ -63,9 +66,12 @@ class BroydenIBVS:
     positions measured at the same time; it returns joint velocities (rad/s).
     """
 
-    def __init__(self, num_joints: int, config: IBVSConfig | None = None) -> None:
+    def __init__(self, num_joints: int, config: IBVSConfig | None = None,
+                 lower: np.ndarray | None = None, upper: np.ndarray | None = None) -> None:
         self.config = config or IBVSConfig()
         self.num_joints = int(num_joints)
+        self.lower = np.full(num_joints, -np.inf) if lower is None else np.asarray(lower, float)
+        self.upper = np.full(num_joints, np.inf) if upper is None else np.asarray(upper, float)
         self.goal: np.ndarray | None = None
         self.jacobian: np.ndarray | None = None  # 2F×n
         self.weights: np.ndarray | None = None  # F
@@ -133,7 +139,7 @@ class BroydenIBVS:
         else:
             self._broyden(s, valid, q)
         self._prev = (q.copy(), s.copy(), valid.copy())
-        return self._command(s, valid)
+        return self._command(s, valid, q)
 
     def _fit_jacobian(self) -> None:
         """Least-squares J from the exploration samples, feature by feature over the ticks it was valid."""
@@ -177,7 +183,7 @@ class BroydenIBVS:
         moving = norms >= self.config.motion_threshold * norms[usable].max()
         return (usable & moving & (norms > 0)).astype(np.float64)
 
-    def _command(self, s: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def _command(self, s: np.ndarray, valid: np.ndarray, q: np.ndarray) -> np.ndarray:
         c = self.config
         w = self.feature_weights(valid)
         self.weights = w
@@ -193,7 +199,18 @@ class BroydenIBVS:
         if sigma_max <= 0:
             return np.zeros(self.num_joints)
         mu2 = (c.damping * sigma_max) ** 2
-        qdot = -c.gain * np.linalg.solve(a.T @ a + mu2 * np.eye(self.num_joints), a.T @ error.reshape(-1))
+        # Joint-limit clamping: a joint at a limit whose command points further into it is taken out
+        # of the solve (its column zeroed) and the rest re-solved, until no command points outward.
+        free = np.ones(self.num_joints, bool)
+        at_lower, at_upper = q <= self.lower + c.limit_margin, q >= self.upper - c.limit_margin
+        for _ in range(self.num_joints):
+            af = a * free[None, :]
+            qdot = -c.gain * np.linalg.solve(af.T @ af + mu2 * np.eye(self.num_joints), af.T @ error.reshape(-1))
+            blocked = free & ((at_lower & (qdot < 0)) | (at_upper & (qdot > 0)))
+            if not blocked.any():
+                break
+            free &= ~blocked
+        qdot[~free] = 0.0
         peak = np.abs(qdot).max()
         if peak > c.max_joint_velocity:
             qdot *= c.max_joint_velocity / peak

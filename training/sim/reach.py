@@ -48,6 +48,7 @@ class ReachConfig:
     control_hz: float = 30.0
     max_joint_velocity: float = 1.0  # rad/s, the sim's own limit (the robot's, not the controller's)
     success_distance: float = 0.02  # metres, end-effector position error counted as reached
+    lift: float = 0.0  # metres above the scene's pushing height for start and goal gripper positions
 
     def scene_config(self) -> TabletopConfig:
         return TabletopConfig(size=self.size, seed=self.seed, fps=self.control_hz)
@@ -97,9 +98,10 @@ class ReachScene:
     # -- episode ------------------------------------------------------------------------
     def _sample_start_goal(self) -> tuple[np.ndarray, np.ndarray]:
         s = self.scene
-        start = s._random_workspace_point()
+        lift = np.array([0.0, 0.0, self.config.lift])
+        start = s._random_workspace_point() + lift
         for _ in range(1000):
-            goal = s._random_workspace_point()
+            goal = s._random_workspace_point() + lift
             if np.linalg.norm(goal[:2] - start[:2]) >= MIN_START_GOAL_DISTANCE:
                 break
         return self._ik_configuration(start), self._ik_configuration(goal)
