@@ -19,3 +19,11 @@ class ModelLoadError(KpPerceptionError):
 
 class ConfigError(KpPerceptionError):
     """An invalid configuration value or override."""
+
+
+class CameraInfoError(KpPerceptionError, ValueError):
+    """A sensor_msgs/CameraInfo the nodes cannot use (unsupported model, bad K or D, wrong size)."""
+
+
+class ObservationError(KpPerceptionError, ValueError):
+    """A policy observation (message or layout) that does not match what the consumer expects."""

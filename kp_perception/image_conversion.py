@@ -17,7 +17,7 @@ Conversion policy of :func:`image_to_rgb8` (what the models take, H×W×3 uint8 
 - 16-bit (``mono16``, ``16UC1``, ``rgb16``, ``bayer_*16``...) scaled over the
   full dtype range, ``v >> 8`` (0..65535 -> 0..255, exact inverse of the
   usual 8->16 bit ``*257`` expansion). A depth image in millimetres therefore
-  looks dark; use :func:`image_to_numpy` to get the metric values.
+  looks dark; use :func:`depth_to_metres` (or :func:`image_to_numpy`) to get the metric values.
 - Float (``32FC1``, ``64FC1``...) read as intensities in [0, 1]: clipped to
   [0, 1], times 255, rounded; NaN becomes 0. Fixed scaling (not per-frame
   min-max) so that consecutive frames of a sequence stay comparable.
@@ -45,6 +45,7 @@ from kp_perception.errors import ImageConversionError
 __all__ = [
     "SUPPORTED_ENCODINGS",
     "compressed_to_rgb8",
+    "depth_to_metres",
     "image_fields",
     "image_to_numpy",
     "image_to_rgb8",
@@ -211,6 +212,31 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     if layout.order == "yuv":
         return _cvt(np.ascontiguousarray(view), layout.cv_code, msg.encoding)
     return view[:, :, 0] if layout.channels == 1 else view
+
+
+#: Depth encodings :func:`depth_to_metres` accepts, and the factor from stored value to metres (REP 118).
+DEPTH_ENCODINGS: dict[str, float] = {"16uc1": 1e-3, "mono16": 1e-3, "32fc1": 1.0}
+
+
+def depth_to_metres(msg: Any) -> np.ndarray:
+    """Decode a depth sensor_msgs/Image to H×W float32 metres, NaN where there is no measurement.
+
+    16UC1 (and mono16) hold millimetres, 32FC1 metres (REP 118). 0 in 16UC1 and
+    0, negative, NaN or Inf in 32FC1 mean "no return" and become NaN, so a
+    missing depth can never pass for a point at the camera.
+
+    Raises:
+        ImageConversionError: as :func:`image_to_numpy`, or any other encoding.
+    """
+    scale = DEPTH_ENCODINGS.get(str(msg.encoding).strip().lower())
+    if scale is None:
+        raise ImageConversionError(
+            f"depth image encoding {str(msg.encoding)!r} is not a depth encoding; expected 16UC1 (mm) or 32FC1 (m)"
+        )
+    raw = image_to_numpy(msg)
+    metres = raw.astype(np.float32) * np.float32(scale)
+    metres[~(np.isfinite(metres) & (metres > 0.0))] = np.nan
+    return metres
 
 
 def _float_to_u8(values: np.ndarray) -> np.ndarray:

@@ -2,6 +2,12 @@
 
 Coordinates are pixels of the frame that was passed in: x right, y down, and
 (0, 0) is the centre of the top-left pixel, as OpenCV draws.
+
+Both result types can also carry camera geometry (``normalized_xy``,
+``points``, ``point_valid``), filled by ``kp_perception.camera_geometry``
+when the node has a camera_info (and an aligned depth image). They stay
+``None`` otherwise, so code that never sees a camera is unchanged; the
+threshold functions keep them aligned with the kept rows.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ class KeypointPyramidResult:
         parents: N int32, index into the same arrays, -1 for roots.
         level_sizes: keypoints per level; sums to N.
         image_width, image_height: size of the frame the coordinates refer to.
+        normalized_xy, points, point_valid: camera geometry, see :class:`PrototypeDetectionResult`.
     """
 
     xy: np.ndarray
@@ -31,6 +38,9 @@ class KeypointPyramidResult:
     level_sizes: tuple[int, ...]
     image_width: int
     image_height: int
+    normalized_xy: np.ndarray | None = None
+    points: np.ndarray | None = None
+    point_valid: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,11 @@ class PrototypeDetectionResult:
         descriptors: K×D float32, L2-normalised.
         num_prototypes: M, the number of learned prototypes.
         image_width, image_height: size of the frame the coordinates refer to.
+        normalized_xy: K×2 float32 undistorted normalised image coordinates (X/Z, Y/Z),
+            or None without a camera_info.
+        points: K×3 float32 metres in the camera optical frame, NaN rows where
+            ``point_valid`` is False; None without depth.
+        point_valid: K bool, or None without depth.
     """
 
     xy: np.ndarray
@@ -55,6 +70,9 @@ class PrototypeDetectionResult:
     num_prototypes: int
     image_width: int
     image_height: int
+    normalized_xy: np.ndarray | None = None
+    points: np.ndarray | None = None
+    point_valid: np.ndarray | None = None
 
 
 def threshold_pyramid(result: KeypointPyramidResult, threshold: float) -> KeypointPyramidResult:
@@ -88,6 +106,7 @@ def threshold_pyramid(result: KeypointPyramidResult, threshold: float) -> Keypoi
         levels=levels,
         parents=remapped,
         level_sizes=level_sizes,
+        **_take_geometry(result, keep),
     )
 
 
@@ -103,4 +122,11 @@ def threshold_detections(result: PrototypeDetectionResult, threshold: float) -> 
         prototypes=np.asarray(result.prototypes)[order],
         distances=np.asarray(result.distances)[order],
         descriptors=np.asarray(result.descriptors)[order],
+        **_take_geometry(result, order),
     )
+
+
+def _take_geometry(result: KeypointPyramidResult | PrototypeDetectionResult, index: np.ndarray) -> dict:
+    """The geometry fields restricted to ``index`` (a mask or index array); absent ones stay None."""
+    names = ("normalized_xy", "points", "point_valid")
+    return {n: None if getattr(result, n) is None else np.asarray(getattr(result, n))[index] for n in names}

@@ -27,7 +27,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
-from std_msgs.msg import Float32MultiArray, Header  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
 
 from kp_perception.drawing import draw_pyramid  # noqa: E402
 from kp_perception.image_conversion import image_to_rgb8, numpy_to_compressed, numpy_to_image  # noqa: E402
@@ -37,9 +37,10 @@ from kp_perception.nodes.launch_args import (  # noqa: E402
     node_launch_config,
     record_command,
 )
+from kp_perception.observation import KeypointObservation, ObservationLayout  # noqa: E402
 from kp_perception.results import KeypointPyramidResult, threshold_pyramid  # noqa: E402
-from kp_perception.ros_conversion import flat_to_numpy, pyramid_to_flat  # noqa: E402
-from kp_perception_msgs.msg import KeypointPyramid, PrototypeDetectionArray  # noqa: E402
+from kp_perception.sidecar import read_sidecar  # noqa: E402
+from kp_perception_msgs.msg import KeypointPyramid, PolicyObservation, PrototypeDetectionArray  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -218,27 +219,35 @@ def check_pyramid(msg: KeypointPyramid) -> None:
 # --- nodes on real topics -------------------------------------------------------------------------
 
 
-def test_pyramids_node_publishes_stamped_hierarchies_flat_array_and_debug_image(peer, models):
-    node = NodeProcess("pyramids", models["pyramids"], "pyr_raw", debug=True, extra={"publish_flat": "true"})
+def test_pyramids_node_publishes_stamped_hierarchies_observations_and_debug_image(peer, models):
+    node = NodeProcess("pyramids", models["pyramids"], "pyr_raw", debug=True, extra={"publish_observation": "true"})
     try:
         pyramids = peer.collect(KeypointPyramid, f"{node.ns}/keypoints")
-        flats = peer.collect(Float32MultiArray, f"{node.ns}/keypoints_flat")
+        observations = peer.collect(PolicyObservation, f"{node.ns}/keypoints_observation")
         debug = peer.collect(Image, f"{node.ns}/debug_image")
         pub = peer.node.create_publisher(Image, node.image_topic, qos_profile_sensor_data)
         wait_for(lambda: pub.get_subscription_count() > 0, 30, "the node's image subscription", node)
-        sent = publish_until(peer, pub, raw_msg, lambda: len(pyramids) >= 3 and flats and debug, node)
+        sent = publish_until(peer, pub, raw_msg, lambda: len(pyramids) >= 3 and observations and debug, node)
 
         for msg in list(pyramids):
             assert stamp_of(msg) in sent  # header copied from the image it was computed on
             assert msg.header.frame_id == "camera_optical"
             check_pyramid(msg)
+            # No camera_info was published: the geometry is absent and says so, never 0.
+            assert not msg.has_camera_info and not msg.has_depth
+            assert all(np.isnan(k.x_normalized) and not k.position_valid for k in msg.keypoints)
 
-        flat = flat_to_numpy(flats[-1])
-        assert [d.label for d in flats[-1].layout.dim] == ["keypoints", "x,y,score,level,parent"]
-        assert flat.shape == (len(pyramids[0].keypoints), 5)
-        # The flat rows are the same keypoints as one of the structured messages.
-        as_rows = [np.array([[k.x, k.y, k.score, k.level, k.parent] for k in m.keypoints]) for m in pyramids]
-        assert any(np.allclose(rows, flat, atol=1e-4) for rows in as_rows)
+        # The observation is stamped like the hierarchy of the same frame and holds its keypoints, in order.
+        layout = ObservationLayout.from_sidecar(models["pyramids"])
+        by_stamp = {stamp_of(m): m for m in pyramids}
+        matched = [o for o in observations if stamp_of(o) in by_stamp]
+        assert matched, "no observation with the stamp of a published hierarchy"
+        obs_msg = matched[-1]
+        obs = KeypointObservation.from_msg(obs_msg, expected=layout)
+        assert obs.frame_id == "camera_optical" and obs.valid.all()  # threshold 0: every slot
+        kps = by_stamp[stamp_of(obs_msg)].keypoints
+        expected = np.array([[2 * k.x / (W - 1) - 1, 2 * k.y / (H - 1) - 1, k.score] for k in kps])
+        assert np.allclose(obs.values, np.clip(expected, -1, 1), atol=1e-5)
 
         img = debug[-1]
         assert stamp_of(img) in sent and img.header.frame_id == "camera_optical"  # header copied, not empty
@@ -250,18 +259,18 @@ def test_pyramids_node_publishes_stamped_hierarchies_flat_array_and_debug_image(
         assert node.stop() == 0, node.stderr()
 
 
-def test_tusk_node_compressed_input_debug_flat_frame_id_override_and_runtime_threshold(peer, models):
+def test_tusk_node_compressed_input_debug_observation_frame_id_override_and_runtime_threshold(peer, models):
     node = NodeProcess(
         "tusk", models["tusk"], "tusk_cmp", compressed=True, debug=True,
-        extra={"publish_flat": "true", "score_threshold": "0.0", "frame_id": "tool0"},
+        extra={"publish_observation": "true", "score_threshold": "0.0", "frame_id": "tool0"},
     )
     try:
         dets = peer.collect(PrototypeDetectionArray, f"{node.ns}/detections")
-        flats = peer.collect(Float32MultiArray, f"{node.ns}/detections_flat")
+        observations = peer.collect(PolicyObservation, f"{node.ns}/detections_observation")
         debug = peer.collect(Image, f"{node.ns}/debug_image")
         pub = peer.node.create_publisher(CompressedImage, f"{node.image_topic}/compressed", qos_profile_sensor_data)
         wait_for(lambda: pub.get_subscription_count() > 0, 30, "the node's compressed subscription", node)
-        sent = publish_until(peer, pub, compressed_msg, lambda: len(dets) >= 3 and flats and debug, node)
+        sent = publish_until(peer, pub, compressed_msg, lambda: len(dets) >= 3 and observations and debug, node)
 
         img = debug[-1]
         assert stamp_of(img) in sent and img.header.frame_id == "tool0"
@@ -269,8 +278,11 @@ def test_tusk_node_compressed_input_debug_flat_frame_id_override_and_runtime_thr
         # Detections are drawn on the very frame (beyond JPEG error), which stays visible.
         changed = np.abs(image_to_rgb8(img).astype(int) - make_frame(sent[stamp_of(img)])).max(axis=-1) > 60
         assert 0 < changed.mean() < 0.5
-        top_k = flat_to_numpy(flats[-1]).shape[0]
-        assert [d.label for d in flats[-1].layout.dim] == ["detections", "x,y,score,prototype,distance"]
+        obs = KeypointObservation.from_msg(observations[-1], expected=ObservationLayout.from_sidecar(models["tusk"]))
+        assert stamp_of(observations[-1]) in sent and obs.frame_id == "tool0"
+        assert obs.layout.slot_names == tuple(f"prototype{m}" for m in range(dets[0].num_prototypes))
+        top_k = read_sidecar(models["tusk"].with_suffix(".json")).output("keypoints").shape[1]
+        assert 1 <= obs.valid.sum() <= top_k  # one slot per prototype that has a detection
         scores = []
         for msg in list(dets):
             assert stamp_of(msg) in sent and msg.header.frame_id == "tool0"
@@ -467,8 +479,6 @@ def test_threshold_keeps_ancestors_so_parents_stay_valid():
     assert out.level_sizes == (1, 1)
     assert out.parents.tolist() == [-1, 0]
     assert np.allclose(out.xy, [[10, 10], [14, 8]])
-    flat = flat_to_numpy(pyramid_to_flat(out))
-    assert flat.shape == (2, 5) and flat[1, 4] == 0
 
 
 def test_drawing_colours_each_family_alike_and_links_children():

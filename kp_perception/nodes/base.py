@@ -7,8 +7,20 @@ clear start-up errors) must be solved once.
 Data flow::
 
     image / image/compressed ──(executor thread: store newest, count drop)──► pending slot
-    worker thread: convert ─► backend.infer ─► threshold ─► publish message (+ flat, + debug image)
-    1 Hz timer: /diagnostics (rates, latency p50/p95/p99, drops, bad frames) + "no image" warning
+    camera_info ──(executor thread: validate, keep newest)──► camera model
+    depth ──(executor thread: keep the newest few by stamp)──► depth buffer
+    worker thread: convert ─► backend.infer ─► camera geometry (normalised coordinates; 3D from the
+        depth frame matched by stamp) ─► threshold ─► publish message (+ observation, + debug image)
+    1 Hz timer: /diagnostics (rates, latency p50/p95/p99, drops, bad frames, camera_info, depth)
+        + "no image" warning
+
+Camera geometry is optional: without a camera_info the node publishes what it
+always did (NaN normalised coordinates, ``has_camera_info`` false). A
+camera_info for another image size is never rescaled: the frame is published
+without geometry, a throttled warning names both sizes, and /diagnostics goes
+to WARN. The depth frame is looked up after inference (it has usually arrived
+by then); if it has not, the worker waits at most ``depth_wait`` seconds, and
+only while a depth stream is alive.
 
 Only the newest frame is processed: the subscription callback just replaces
 the pending message (counting the replaced one as dropped) and wakes the
@@ -45,11 +57,16 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Float32MultiArray, Header
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
 
-from kp_perception.errors import ConfigError, KpPerceptionError, ModelLoadError
-from kp_perception.image_conversion import compressed_to_rgb8, image_to_rgb8, numpy_to_image
+from kp_perception.camera_geometry import CameraModel, locate_keypoints
+from kp_perception.errors import CameraInfoError, ConfigError, KpPerceptionError, ModelLoadError
+from kp_perception.image_conversion import compressed_to_rgb8, depth_to_metres, image_to_rgb8, numpy_to_image
+from kp_perception.observation import COORDINATES, ObservationLayout, observe
+from kp_perception.ros_conversion import observation_to_msg
+from kp_perception.stamp_matching import StampBuffer, stamp_to_ns
+from kp_perception_msgs.msg import PolicyObservation
 
 
 @dataclass(frozen=True)
@@ -99,7 +116,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "cores). Lower it when the node shares a small CPU with the camera driver and the policy.",
               int_range=(0, 256)),
     ParamSpec("score_threshold", 0.0, "Keypoints/detections scoring below this are not published "
-              "(structured message and debug image; the flat array keeps all rows). Settable at run time.",
+              "(structured message and debug image); in the observation they are invalid slots. Settable at run time.",
               read_only=False, float_range=(0.0, 1.0)),
     ParamSpec("image_topic", "image", "Input image topic (remap it or set it). With compressed_input the "
               "node subscribes to '<image_topic>/compressed'."),
@@ -110,10 +127,27 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               choices=("best_effort", "reliable")),
     ParamSpec("image_qos_depth", 1, "Input QoS history depth; the node processes only the newest frame "
               "anyway.", int_range=(1, 100)),
+    ParamSpec("use_camera_info", True, "Subscribe to sensor_msgs/CameraInfo; with it every keypoint also "
+              "carries undistorted normalised coordinates (and 3D with depth). Without one arriving, the "
+              "node behaves as if this were false."),
+    ParamSpec("camera_info_topic", "", "CameraInfo topic; empty = image_transport's convention: "
+              "'camera_info' beside the resolved image topic (/camera/image_raw -> /camera/camera_info)."),
+    ParamSpec("use_depth", False, "Subscribe to an aligned depth image (16UC1 mm or 32FC1 m, the colour "
+              "image's size and geometry) on 'depth_topic'; with camera_info, keypoints get 3D points."),
+    ParamSpec("depth_topic", "depth", "Aligned depth image topic (remap 'depth' or set it)."),
+    ParamSpec("depth_stamp_tolerance", 0.01, "Largest |depth stamp - image stamp| (s) for a depth frame to "
+              "be used with an image.", float_range=(0.0, 1.0)),
+    ParamSpec("depth_wait", 0.01, "Longest the worker waits (s) after inference for the matching depth "
+              "frame while a depth stream is alive; 0 = never wait.", float_range=(0.0, 1.0)),
+    ParamSpec("depth_window", 5, "Side (odd, pixels) of the square whose valid depth pixels' median is "
+              "a keypoint's depth.", int_range=(1, 51)),
     ParamSpec("output_topic", "{out}", "Topic of the structured result message."),
-    ParamSpec("publish_flat", False, "Also publish std_msgs/Float32MultiArray with a labelled layout "
-              "(for RL policies)."),
-    ParamSpec("flat_topic", "{out}_flat", "Topic of the flat Float32MultiArray output."),
+    ParamSpec("publish_observation", False, "Also publish kp_perception_msgs/PolicyObservation: a stamped, "
+              "fixed-slot float32 table with a validity flag per slot (for RL / servoing policies)."),
+    ParamSpec("observation_topic", "{out}_observation", "Topic of the PolicyObservation output."),
+    ParamSpec("observation_coordinates", "normalized", "PolicyObservation fields: 'normalized' = x, y in "
+              "[-1, 1] of the image + score; 'metric' = x, y, z metres in the camera optical frame + score "
+              "(needs use_depth and camera_info).", choices=tuple(COORDINATES)),
     ParamSpec("publish_debug_image", False, "Also publish an rgb8 image with the results drawn "
               "(only while someone subscribes)."),
     ParamSpec("debug_image_topic", "debug_image", "Topic of the debug image."),
@@ -139,9 +173,17 @@ class NodeSettings:
     compressed_input: bool
     image_reliability: str
     image_qos_depth: int
+    use_camera_info: bool
+    camera_info_topic: str
+    use_depth: bool
+    depth_topic: str
+    depth_stamp_tolerance: float
+    depth_wait: float
+    depth_window: int
     output_topic: str
-    publish_flat: bool
-    flat_topic: str
+    publish_observation: bool
+    observation_topic: str
+    observation_coordinates: str
     publish_debug_image: bool
     debug_image_topic: str
     frame_id: str
@@ -167,6 +209,10 @@ class NodeStats:
         self.dropped = 0
         self.lost = 0
         self.bad = 0
+        self.camera_info_rejected = 0
+        self.depth_matched = 0
+        self.depth_missing = 0
+        self.depth_rejected = 0
         self.last_bad_reason = ""
         self._latencies: deque[float] = deque(maxlen=window)
         self._last_summary = (time.monotonic(), 0, 0)
@@ -202,6 +248,10 @@ class NodeStats:
                 "dropped_frames": self.dropped,
                 "lost_before_node": self.lost,
                 "bad_frames": self.bad,
+                "camera_info_rejected_frames": self.camera_info_rejected,
+                "depth_matched_frames": self.depth_matched,
+                "depth_missing_frames": self.depth_missing,
+                "depth_rejected_frames": self.depth_rejected,
             }
             for q in (50, 95, 99):
                 out[f"latency_p{q}_ms"] = float(np.percentile(lat, q)) if lat.size else float("nan")
@@ -224,9 +274,6 @@ class KeypointNode(Node):
     def to_message(self, result: Any, header: Header) -> Any:
         raise NotImplementedError
 
-    def to_flat(self, result: Any) -> Float32MultiArray:
-        raise NotImplementedError
-
     def draw(self, frame_rgb: np.ndarray, result: Any) -> np.ndarray:
         raise NotImplementedError
 
@@ -247,10 +294,19 @@ class KeypointNode(Node):
         self._stop = False
         self._started = time.monotonic()
         self._last_arrival: float | None = None
+        self._camera: CameraModel | None = None
+        self._camera_problem = ""  # why the newest camera_info or frame got no geometry; "" when fine
+        self._depth = StampBuffer[Image](8)
+        self._depth_cond = threading.Condition()
+        self._last_depth_arrival: float | None = None
 
         s = self.settings
+        self._check_settings()
+        self._layout = ObservationLayout.from_sidecar(self.backend.sidecar, s.observation_coordinates)
         self._pub = self.create_publisher(self.message_type, s.output_topic, 10)
-        self._flat_pub = self.create_publisher(Float32MultiArray, s.flat_topic, 10) if s.publish_flat else None
+        self._obs_pub = (
+            self.create_publisher(PolicyObservation, s.observation_topic, 10) if s.publish_observation else None
+        )
         self._debug_pub = self.create_publisher(Image, s.debug_image_topic, 1) if s.publish_debug_image else None
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
@@ -271,6 +327,19 @@ class KeypointNode(Node):
             qos,
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos),
         )
+        # camera_info: best effort matches reliable and best-effort drivers alike; only the newest matters.
+        info_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+        self._info_sub = (
+            self.create_subscription(CameraInfo, self._camera_info_topic(), self._on_camera_info, info_qos)
+            if s.use_camera_info else None
+        )
+        depth_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=max(2, s.image_qos_depth), reliability=reliability,
+            durability=DurabilityPolicy.VOLATILE,
+        )
+        self._depth_sub = (
+            self.create_subscription(Image, s.depth_topic, self._on_depth, depth_qos) if s.use_depth else None
+        )
 
         self._worker = threading.Thread(target=self._work, name=f"{self.node_name}_worker", daemon=True)
         self._worker.start()
@@ -282,7 +351,10 @@ class KeypointNode(Node):
             f"model {s.model_file_path} ({self.backend.name}, {self.backend.sidecar.kind}, "
             f"{self.backend.sidecar.input_width}x{self.backend.sidecar.input_height}); "
             f"input {self._image_sub.topic_name} ({s.image_reliability}, depth {s.image_qos_depth}); "
+            f"camera_info {self._info_sub.topic_name if self._info_sub else 'off'}; "
+            f"depth {self._depth_sub.topic_name if self._depth_sub else 'off'}; "
             f"output {self._pub.topic_name}"
+            + (f", {self._obs_pub.topic_name} ({s.observation_coordinates})" if self._obs_pub else "")
         )
 
     def close(self) -> None:
@@ -308,6 +380,23 @@ class KeypointNode(Node):
                 allowed = ", ".join(repr(c) for c in spec.choices)
                 raise ConfigError(f"parameter '{spec.name}' is {param.value!r}; expected one of {allowed}")
         return NodeSettings(**values)
+
+    def _check_settings(self) -> None:
+        s = self.settings
+        if s.depth_window % 2 == 0:
+            raise ConfigError(f"parameter 'depth_window' is {s.depth_window}; it must be odd (a window centred "
+                              "on the keypoint)")
+        if s.publish_observation and s.observation_coordinates == "metric" and not (s.use_depth and s.use_camera_info):
+            raise ConfigError("parameter 'observation_coordinates' is 'metric', which needs use_depth:=true and "
+                              "use_camera_info:=true (3D points come from camera_info and the depth image)")
+
+    def _camera_info_topic(self) -> str:
+        """image_transport's rule: camera_info sits beside the resolved (remapped) image topic."""
+        if self.settings.camera_info_topic:
+            return self.settings.camera_info_topic
+        image = self.resolve_topic_name(self.settings.image_topic)
+        parent = image.rsplit("/", 1)[0]
+        return f"{parent}/camera_info"
 
     def _warn_unknown_parameters(self) -> None:
         known = {p.name for p in PARAMETERS} | {"use_sim_time", "start_type_description_service"}
@@ -363,6 +452,25 @@ class KeypointNode(Node):
             self.stats.count("received")
             self._cond.notify()
 
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            camera = CameraModel.from_camera_info(msg)
+        except CameraInfoError as exc:
+            self._camera = None
+            self._camera_problem = f"camera_info rejected: {exc}"
+            self.get_logger().warning(self._camera_problem, throttle_duration_sec=5.0)
+            return
+        previous, self._camera = self._camera, camera
+        if previous is None or previous.width != camera.width or previous.height != camera.height:
+            self.get_logger().info(f"camera_info {camera.width}x{camera.height} "
+                                   f"({camera.distortion_model or 'no distortion'}) on {self._info_sub.topic_name}")
+
+    def _on_depth(self, msg: Image) -> None:
+        with self._depth_cond:
+            self._depth.add(stamp_to_ns(msg.header), msg)
+            self._last_depth_arrival = time.monotonic()
+            self._depth_cond.notify_all()
+
     def _count_lost(self, info: dict | None) -> None:
         """Gaps in a publisher's sequence numbers: frames lost in transport or overwritten in the input queue."""
         if not info:
@@ -414,17 +522,74 @@ class KeypointNode(Node):
             self._bad_frame("model output contains NaN or Inf")
             return
 
+        result = self._add_geometry(result, msg)
+
         header = msg.header
         if self._frame_id:
             header = Header(stamp=msg.header.stamp, frame_id=self._frame_id)
-        shown = self.threshold_result(result, self._threshold)
+        threshold = self._threshold
+        shown = self.threshold_result(result, threshold)
         self._pub.publish(self.to_message(shown, header))
         self.stats.add_latency(self._age(header))
-        if self._flat_pub is not None:
-            self._flat_pub.publish(self.to_flat(result))
+        if self._obs_pub is not None:
+            obs = observe(result, self._layout, threshold=threshold)
+            self._obs_pub.publish(observation_to_msg(obs, header))
         if self._debug_pub is not None and self._debug_pub.get_subscription_count() > 0:
             drawn = self.draw(frame, shown)
             self._debug_pub.publish(numpy_to_image(drawn, "rgb8", header=header))
+
+    def _add_geometry(self, result: Any, msg: Image | CompressedImage) -> Any:
+        """Normalised coordinates (camera_info of the frame's size) and 3D points (matched depth frame)."""
+        camera = self._camera
+        if camera is None:
+            if self._depth_sub is not None and self._last_depth_arrival is not None:
+                self.get_logger().warning(
+                    f"depth frames arrive but no usable camera_info on {self._camera_info_topic()}: "
+                    "no 3D points (deprojection needs K)", throttle_duration_sec=10.0)
+            return result
+        try:
+            camera.check_size(result.image_width, result.image_height)
+        except CameraInfoError as exc:
+            self.stats.count("camera_info_rejected")
+            self._camera_problem = str(exc)
+            self.get_logger().warning(str(exc), throttle_duration_sec=5.0)
+            return result
+        self._camera_problem = ""
+        depth_m = None
+        if self._depth_sub is not None:
+            depth_msg = self._match_depth(stamp_to_ns(msg.header))
+            if depth_msg is None:
+                self.stats.count("depth_missing")
+            else:
+                try:
+                    depth_m = depth_to_metres(depth_msg)
+                    if depth_m.shape != (result.image_height, result.image_width):
+                        raise CameraInfoError(
+                            f"depth image is {depth_m.shape[1]}x{depth_m.shape[0]}, the colour image "
+                            f"{result.image_width}x{result.image_height}: not aligned, ignored (never rescaled)")
+                    self.stats.count("depth_matched")
+                except KpPerceptionError as exc:
+                    depth_m = None
+                    self.stats.count("depth_rejected")
+                    self.get_logger().warning(f"skipping depth frame: {exc}", throttle_duration_sec=5.0)
+        return locate_keypoints(result, camera, depth_m, self.settings.depth_window)
+
+    def _match_depth(self, stamp_ns: int) -> Image | None:
+        """The buffered depth frame nearest the image stamp within tolerance, waiting briefly while one may come."""
+        s = self.settings
+        tolerance = int(round(s.depth_stamp_tolerance * 1e9))
+        deadline = time.monotonic() + s.depth_wait
+        with self._depth_cond:
+            while True:
+                found = self._depth.nearest(stamp_ns, tolerance)
+                if found is not None:
+                    return found[0]
+                newest = self._depth.newest_stamp()
+                alive = self._last_depth_arrival is not None and time.monotonic() - self._last_depth_arrival < 1.0
+                remaining = deadline - time.monotonic()
+                if not alive or remaining <= 0 or (newest is not None and newest > stamp_ns + tolerance):
+                    return None
+                self._depth_cond.wait(remaining)
 
     def _age(self, header: Header) -> float:
         """Seconds from the image stamp to now; -1 for unstamped images (not counted in latency)."""
@@ -453,6 +618,8 @@ class KeypointNode(Node):
         if since > s.no_image_warning_after:
             level, message = DiagnosticStatus.WARN, f"no image for {since:.0f} s"
             self._warn_no_image(since)
+        elif self._camera_problem:
+            level, message = DiagnosticStatus.WARN, self._camera_problem
         elif summary["bad_frames"] and self.stats.last_bad_reason:
             message = f"running; last bad frame: {self.stats.last_bad_reason}"
         values = {
@@ -462,6 +629,8 @@ class KeypointNode(Node):
             "input_topic": self._image_sub.topic_name,
             "score_threshold": f"{self._threshold:g}",
             "seconds_since_last_image": f"{since:.1f}",
+            "camera_info": self._camera_state(),
+            "depth_topic": self._depth_sub.topic_name if self._depth_sub else "off",
         }
         status = DiagnosticStatus(
             level=level,
@@ -473,6 +642,16 @@ class KeypointNode(Node):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(array)
+
+    def _camera_state(self) -> str:
+        if self._info_sub is None:
+            return "off"
+        if self._camera_problem:
+            return f"rejected: {self._camera_problem}"
+        camera = self._camera
+        if camera is None:
+            return f"none received on {self._info_sub.topic_name}"
+        return f"{camera.width}x{camera.height} {camera.distortion_model or 'no distortion'}"
 
     def _warn_no_image(self, since: float) -> None:
         topic = self._image_sub.topic_name

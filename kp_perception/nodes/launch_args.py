@@ -81,12 +81,16 @@ def node_launch_config(
     compressed: str | bool = False,
     namespace: str = "",
     debug: str | bool = False,
+    depth_topic: str = "",
 ) -> NodeLaunchConfig:
     """Launch arguments (strings, as LaunchConfiguration gives them) -> the node's start-up configuration.
 
     Empty ``model``/``backend`` leave the parameter file's values alone.
     ``image`` and ``image/compressed`` are both remapped, so ``compressed``
-    only flips the ``compressed_input`` parameter.
+    only flips the ``compressed_input`` parameter. camera_info needs no
+    argument: the node finds it beside the remapped image topic
+    (image_transport's rule). A non-empty ``depth_topic`` remaps ``depth``
+    to it and turns ``use_depth`` on.
     """
     if node not in NODES:
         raise ConfigError(f"unknown node '{node}'; expected one of {', '.join(NODES)}")
@@ -99,6 +103,10 @@ def node_launch_config(
     parameters["publish_debug_image"] = parse_bool(debug, "debug")
     topic = str(image_topic).rstrip("/") or DEFAULT_IMAGE_TOPIC
     remappings = [("image", topic), ("image/compressed", f"{topic}/compressed")]
+    depth = str(depth_topic).strip().rstrip("/")
+    if depth:
+        parameters["use_depth"] = True
+        remappings.append(("depth", depth))
     return NodeLaunchConfig(
         executable=NODES[node],
         params_file=str(params_file),
@@ -108,15 +116,70 @@ def node_launch_config(
     )
 
 
-def record_command(output_dir: str, topics: list[str] | str, storage: str = "mcap") -> list[str]:
-    """``ros2 bag record`` command line for training data collection (record.launch.py runs it)."""
-    if isinstance(topics, str):
-        topics = topics.replace(",", " ").split()
+#: What record.launch.py records by default: what training and policy learning need from a robot.
+DEFAULT_RECORD_TOPICS = (
+    "/camera/image_raw",
+    "/camera/camera_info",
+    "/camera/depth/image_raw",
+    "/joint_states",
+    "/tf",
+    "/tf_static",
+)
+
+
+def record_command(
+    output_dir: str,
+    topics: list[str] | str = DEFAULT_RECORD_TOPICS,
+    storage: str = "mcap",
+    *,
+    extra_topics: list[str] | str = (),
+    max_bag_size: int | str = 0,
+    max_bag_duration: int | str = 0,
+    compression: str = "",
+) -> list[str]:
+    """``ros2 bag record`` command line for data collection (record.launch.py runs it).
+
+    ``topics`` replaces the default list, ``extra_topics`` adds to it (space- or
+    comma-separated strings or lists). A topic with no publisher is simply not
+    recorded, so the default depth topic costs nothing on a camera without depth.
+    ``max_bag_size`` (bytes) / ``max_bag_duration`` (s) split the bag into files
+    (0 = one file). ``compression`` ``zstd`` compresses inside the MCAP chunks
+    (``--storage-preset-profile zstd_fast``: Foxglove and rosbags read it) or,
+    with sqlite3, each split file (``--compression-mode file``); rosbag2's
+    message-level mode is not offered, as MCAP readers such as Foxglove cannot
+    read it (ros2/rosbag2#1533).
+    """
+    topics = _topic_list(topics) + [t for t in _topic_list(extra_topics) if t not in _topic_list(topics)]
     if not topics:
         raise ConfigError("launch argument 'topics' is empty: name at least one topic to record")
     if not output_dir:
         raise ConfigError("launch argument 'output_dir' is empty: name the bag directory to create")
-    return ["ros2", "bag", "record", "-s", storage, "-o", str(output_dir), *topics]
+    cmd = ["ros2", "bag", "record", "-s", storage, "-o", str(output_dir)]
+    for flag, value in (("--max-bag-size", max_bag_size), ("--max-bag-duration", max_bag_duration)):
+        try:
+            number = int(str(value).strip() or 0)
+        except ValueError:
+            raise ConfigError(f"launch argument {flag.lstrip('-').replace('-', '_')} must be an integer, "
+                              f"got {value!r}") from None
+        if number < 0:
+            raise ConfigError(f"launch argument {flag.lstrip('-').replace('-', '_')} must be >= 0, got {number}")
+        if number:
+            cmd += [flag, str(number)]
+    compression = str(compression).strip()
+    if compression == "zstd":
+        if storage == "mcap":
+            cmd += ["--storage-preset-profile", "zstd_fast"]
+        else:
+            cmd += ["--compression-mode", "file", "--compression-format", "zstd"]
+    elif compression:
+        raise ConfigError(f"launch argument 'compression' is {compression!r}; expected '' (none) or zstd")
+    return [*cmd, *topics]
+
+
+def _topic_list(topics: list[str] | tuple[str, ...] | str) -> list[str]:
+    if isinstance(topics, str):
+        topics = topics.replace(",", " ").split()
+    return [str(t) for t in topics]
 
 
 def _param_text(value: object) -> str:
@@ -130,7 +193,7 @@ def node_launch_description(node: str):
     """The LaunchDescription of ``<node>.launch.py`` (launch/launch_ros imported here, on a ROS install only).
 
     Arguments: model, backend, image_topic, compressed, namespace, debug,
-    params_file. An OpaqueFunction resolves them to strings and hands them to
+    params_file, depth_topic. An OpaqueFunction resolves them to strings and hands them to
     :func:`node_launch_config`, the same helper the tests use.
     """
     from ament_index_python.packages import get_package_share_directory
@@ -154,6 +217,8 @@ def node_launch_description(node: str):
                               description="Publish the debug image with the results drawn"),
         DeclareLaunchArgument("params_file", default_value=default_params_file(node, share),
                               description="ROS parameter file of the node"),
+        DeclareLaunchArgument("depth_topic", default_value="", description="Aligned depth image topic "
+                              "(16UC1 mm or 32FC1 m); empty = no depth. camera_info is found beside image_topic"),
     ]
 
     def make_node(context, *_args, **_kwargs):
@@ -167,6 +232,7 @@ def node_launch_description(node: str):
             compressed=value["compressed"],
             namespace=value["namespace"],
             debug=value["debug"],
+            depth_topic=value["depth_topic"],
         )
         return [
             Node(

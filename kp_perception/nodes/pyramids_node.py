@@ -3,8 +3,9 @@
 Thin on purpose: everything but the message, the conversion and the drawing
 lives in :mod:`kp_perception.nodes.base`. Accepts any hierarchy model
 (pyramids, keynet, transporter). Topics (relative, so a namespace applies):
-``image`` or ``image/compressed`` in; ``keypoints``, ``keypoints_flat``,
-``debug_image`` and ``/diagnostics`` out.
+``image`` or ``image/compressed``, ``camera_info`` (beside the image topic) and
+``depth`` in; ``keypoints``, ``keypoints_observation``, ``debug_image`` and
+``/diagnostics`` out.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from std_msgs.msg import Float32MultiArray, Header
+from std_msgs.msg import Header
 
 from kp_perception.drawing import draw_pyramid
 from kp_perception.nodes.base import KeypointNode, run_node
 from kp_perception.results import KeypointPyramidResult, threshold_pyramid
-from kp_perception.ros_conversion import pyramid_to_flat, pyramid_to_msg
+from kp_perception.ros_conversion import pyramid_to_msg
 from kp_perception_msgs.msg import KeypointPyramid
 
 
@@ -32,9 +33,6 @@ class PyramidsNode(KeypointNode):
 
     def to_message(self, result: KeypointPyramidResult, header: Header) -> KeypointPyramid:
         return pyramid_to_msg(result, header)
-
-    def to_flat(self, result: KeypointPyramidResult) -> Float32MultiArray:
-        return pyramid_to_flat(result)
 
     def draw(self, frame_rgb: np.ndarray, result: KeypointPyramidResult) -> np.ndarray:
         return draw_pyramid(frame_rgb, result)

@@ -2,8 +2,9 @@
 
 Thin on purpose: everything but the message, the conversion and the drawing
 lives in :mod:`kp_perception.nodes.base`. Topics (relative, so a namespace
-applies): ``image`` or ``image/compressed`` in; ``detections``,
-``detections_flat``, ``debug_image`` and ``/diagnostics`` out.
+applies): ``image`` or ``image/compressed``, ``camera_info`` (beside the image
+topic) and ``depth`` in; ``detections``, ``detections_observation``,
+``debug_image`` and ``/diagnostics`` out.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from std_msgs.msg import Float32MultiArray, Header
+from std_msgs.msg import Header
 
 from kp_perception.drawing import draw_detections
 from kp_perception.nodes.base import KeypointNode, run_node
 from kp_perception.results import PrototypeDetectionResult, threshold_detections
-from kp_perception.ros_conversion import detections_to_flat, detections_to_msg
+from kp_perception.ros_conversion import detections_to_msg
 from kp_perception_msgs.msg import PrototypeDetectionArray
 
 
@@ -31,9 +32,6 @@ class TuskNode(KeypointNode):
 
     def to_message(self, result: PrototypeDetectionResult, header: Header) -> PrototypeDetectionArray:
         return detections_to_msg(result, header)
-
-    def to_flat(self, result: PrototypeDetectionResult) -> Float32MultiArray:
-        return detections_to_flat(result)
 
     def draw(self, frame_rgb: np.ndarray, result: PrototypeDetectionResult) -> np.ndarray:
         return draw_detections(frame_rgb, result)
