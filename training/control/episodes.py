@@ -53,8 +53,9 @@ def pixels_to_normalized(xy: np.ndarray, width: int, height: int) -> np.ndarray:
 class GroundTruthObserver:
     """The arm's annotated points projected by the simulator: the upper bound of what keypoints can give.
 
-    A point is valid when it projects inside the frame (a camera sees nothing
-    else); occlusion is ignored.
+    Returns the observation table the consumer API gives (x, y in [-1, 1],
+    score = 1). A point is valid when it projects inside the frame (a camera
+    sees nothing else); occlusion is ignored.
     """
 
     needs_frame = False
@@ -64,7 +65,41 @@ class GroundTruthObserver:
 
     def __call__(self, frame, arm_points):
         xy, inside = arm_points
-        return pixels_to_normalized(xy, self.size, self.size), inside.copy()
+        table = np.ones((len(xy), 3))
+        table[:, :2] = pixels_to_normalized(xy, self.size, self.size)
+        return table, inside.copy()
+
+
+class ModelObserver:
+    """A keypoint model run in-process (ONNX Runtime) and turned into the node's observation.
+
+    The same two calls the node makes for every frame: ``backend.infer`` and
+    the consumer API's :func:`~kp_perception.observation.observe` (fixed slots,
+    [-1, 1] coordinates, validity at ``threshold``), so the controller sees
+    here exactly what it sees on the ``PolicyObservation`` topic.
+    ``slot_prefix`` keeps only the slots whose name starts with it
+    (``"level0/"``: the coarsest Pyramids level).
+    """
+
+    needs_frame = True
+
+    def __init__(self, model: str, slot_prefix: str = "", threshold: float = 0.0, threads: int = 1) -> None:
+        from kp_perception.backends import load_backend
+        from kp_perception.observation import ObservationLayout
+
+        self.backend = load_backend(model, threads=threads)
+        self.layout = ObservationLayout.from_sidecar(self.backend.sidecar)
+        self.threshold = threshold
+        self.slots = np.array([i for i, name in enumerate(self.layout.slot_names) if name.startswith(slot_prefix)])
+        if len(self.slots) == 0:
+            raise ValueError(f"no slot of {model} starts with {slot_prefix!r}")
+        self.slot_names = [self.layout.slot_names[i] for i in self.slots]
+
+    def __call__(self, frame, arm_points):
+        from kp_perception.observation import observe
+
+        obs = observe(self.backend.infer(frame), self.layout, threshold=self.threshold)
+        return obs.values[self.slots], obs.valid[self.slots]
 
 
 @dataclass
