@@ -56,6 +56,9 @@ class IBVSConfig:
     motion_threshold: float = 0.15  # weight out features whose J rows are < this × the largest
     min_features: int = 2  # fewer usable features than this: command zero
     limit_margin: float = 0.05  # rad: a joint this close to a limit is not driven further into it
+    ramp_speed: float = 0.0  # reference ramp: features per second (units of the features); 0 = no ramp
+    ramp_tolerance: float = 0.03  # the ramp waits while the RMS tracking error exceeds this
+    weight_power: float = 0.0  # 0: used features weigh 1; p > 0: weight (row norm / largest)^p
 
 
 class BroydenIBVS:
@@ -98,6 +101,8 @@ class BroydenIBVS:
         self._samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (q, s, valid)
         self._prev: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.last_error: float = float("nan")
+        self._ramp_start: np.ndarray | None = None
+        self.ramp = 1.0 if self.config.ramp_speed <= 0 else 0.0
 
     def reset(self, goal: np.ndarray, goal_valid: np.ndarray | None = None) -> None:
         """New goal features (F×2, or F×k with x, y first) and their validity (F bool); exploration starts again."""
@@ -175,25 +180,53 @@ class BroydenIBVS:
         self.jacobian[rows] += update[rows]
 
     def feature_weights(self, valid: np.ndarray) -> np.ndarray:
-        """F weights in {0, 1}: valid now and in the goal, and moving with the arm."""
+        """F weights: 0 unless valid now and in the goal and moving with the arm; else 1 (or graded by motion)."""
         norms = np.linalg.norm(self.jacobian.reshape(-1, 2 * self.num_joints), axis=1)
         usable = valid & self.goal_valid
         if not usable.any():
             return np.zeros(len(valid))
-        moving = norms >= self.config.motion_threshold * norms[usable].max()
-        return (usable & moving & (norms > 0)).astype(np.float64)
+        largest = norms[usable].max()
+        moving = norms >= self.config.motion_threshold * largest
+        weights = (usable & moving & (norms > 0)).astype(np.float64)
+        if self.config.weight_power > 0 and largest > 0:
+            weights *= (norms / largest) ** self.config.weight_power
+        return weights
+
+    def _reference(self, s: np.ndarray, valid: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """The features to servo to now: the goal, or a point moving along the straight image path to it.
+
+        With ``ramp_speed`` > 0 the reference starts at the features seen when
+        servoing starts and moves towards the goal at that speed (the largest
+        feature displacement sets the pace), waiting while the arm lags behind
+        it. Small steps keep the arm where the Broyden-updated Jacobian is
+        valid (image-path planning, as in Mezouar & Chaumette, IEEE T-RA 2002,
+        with the simplest path: a straight line in the image).
+        """
+        if self.ramp >= 1.0:
+            return self.goal
+        if self._ramp_start is None:
+            start = np.where(valid[:, None], s, self.goal)
+            self._ramp_start = start
+            span = np.abs(start - self.goal)[w > 0].max(initial=0.0)
+            self._ramp_step = 1.0 if span <= 0 else self.config.ramp_speed / (self.config.rate_hz * span)
+        reference = self._ramp_start + self.ramp * (self.goal - self._ramp_start)
+        lag = (s - reference)[(w > 0) & valid]
+        if lag.size == 0 or np.sqrt((lag**2).sum(axis=1).mean()) <= self.config.ramp_tolerance:
+            self.ramp = min(1.0, self.ramp + self._ramp_step)
+            reference = self._ramp_start + self.ramp * (self.goal - self._ramp_start)
+        return reference
 
     def _command(self, s: np.ndarray, valid: np.ndarray, q: np.ndarray) -> np.ndarray:
         c = self.config
         w = self.feature_weights(valid)
         self.weights = w
-        error = (s - self.goal) * w[:, None]
+        error = (s - self._reference(s, valid, w)) * np.sqrt(w)[:, None]
         error[~np.isfinite(error)] = 0.0
-        n_used = int(w.sum())
+        n_used = int((w > 0).sum())
         self.last_error = float(np.sqrt((error**2).sum() / max(n_used, 1)))
         if n_used < c.min_features:
             return np.zeros(self.num_joints)
-        rows = np.repeat(w, 2)
+        rows = np.repeat(np.sqrt(w), 2)
         a = self.jacobian * rows[:, None]
         sigma_max = np.linalg.norm(a, 2)
         if sigma_max <= 0:

@@ -67,6 +67,9 @@ _IBVS_HELP = {
     "motion_threshold": "Keypoints whose Jacobian rows are below this fraction of the largest are ignored.",
     "min_features": "Fewer usable keypoints than this: zero command.",
     "limit_margin": "A joint this close (rad) to a limit is not driven further into it.",
+    "ramp_speed": "Reference ramp along the straight image path to the goal (feature units/s); 0 = off.",
+    "ramp_tolerance": "The ramp waits while the RMS tracking error exceeds this.",
+    "weight_power": "0: used keypoints weigh 1; p > 0: weight (Jacobian row norm / largest)^p.",
 }
 
 PARAMETERS: tuple[ParamSpec, ...] = (
