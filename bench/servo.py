@@ -56,7 +56,7 @@ DEFAULT_VARIANTS = "ground_truth,pyramids,pyramids_level1,transporter30,pyramids
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=50, help="episodes per variant (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="episode seed (default 0; controller tuning used 100)")
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds of control per episode (default 15)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of control per episode (default 10)")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS,
                         help=f"comma-separated, from {', '.join(VARIANTS)} (default {DEFAULT_VARIANTS})")
     parser.add_argument("--model", default=str(ROOT / "models" / "pyramids.onnx"), help="Pyramids model")

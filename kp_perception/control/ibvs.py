@@ -47,7 +47,7 @@ class IBVSConfig:
 
     rate_hz: float = 30.0  # observation / command rate; sets the exploration velocity
     gain: float = 1.5  # λ (1/s): error decay rate when J is right
-    damping: float = 0.05  # μ relative to the largest singular value of the weighted Jacobian
+    damping: float = 0.01  # μ relative to the largest singular value of the weighted Jacobian
     max_joint_velocity: float = 0.5  # rad/s, per joint, the whole vector scaled to respect it
     explore_amplitude: float = 0.08  # rad, how far each joint moves out before coming back
     explore_ticks: int = 4  # ticks out (then as many back) per joint

@@ -66,14 +66,14 @@ def policy_inputs(values: np.ndarray, valid: np.ndarray, goal: np.ndarray, goal_
                   q: np.ndarray) -> dict[str, np.ndarray]:
     """The policy's named inputs (batch 1) from observation tables S×F (NaN where invalid) and joints.
 
-    Invalid slots are filled with 0, as ``KeypointObservation.as_dict`` does,
-    so the environment and the node give the network the same numbers.
+    Invalid slots are filled with 0 (as ``KeypointObservation.as_dict`` does) and values
+    clipped to [-1, 1], as the reach environment does, so the network sees the same numbers.
     """
     def filled(table: np.ndarray, ok: np.ndarray) -> np.ndarray:
         out = np.array(table, dtype=np.float32, copy=True)
         out[~np.asarray(ok, bool)] = 0.0
         out[~np.isfinite(out)] = 0.0
-        return out
+        return np.clip(out, -1.0, 1.0)
 
     return {
         "keypoints": filled(values, valid)[None],

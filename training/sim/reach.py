@@ -15,7 +15,7 @@ camera, arm, IK, rendering) and changes only how the arm moves:
   one control period (``1 / control_hz``) by pybullet's velocity motors with the
   URDF effort limits, under gravity, with the table in the way. Commands are
   clipped to ``max_joint_velocity``; the gripper fingers stay closed.
-- The objects are scenery: arm-object collisions are switched off, so the goal
+- The objects are scenery: once settled they are made static and arm-object collisions are switched off, so the goal
   image shows the objects where they are for the whole episode (this task
   measures reaching, not pushing).
 
@@ -48,7 +48,7 @@ class ReachConfig:
     control_hz: float = 30.0
     max_joint_velocity: float = 1.0  # rad/s, the sim's own limit (the robot's, not the controller's)
     success_distance: float = 0.02  # metres, end-effector position error counted as reached
-    lift: float = 0.0  # metres above the scene's pushing height for start and goal gripper positions
+    lift: float = 0.05  # metres above the scene's pushing height for start and goal gripper positions
 
     def scene_config(self) -> TabletopConfig:
         return TabletopConfig(size=self.size, seed=self.seed, fps=self.control_hz)
@@ -83,6 +83,7 @@ class ReachScene:
         self.upper = np.array([info[9] for info in infos])
         self.max_force = np.array([info[10] if info[10] > 0 else 100.0 for info in infos])
         for obj in s.objects:
+            p.changeDynamics(obj.body, -1, mass=0.0, physicsClientId=c)  # settled scenery: static, cheap
             for link in range(-1, p.getNumJoints(s.arm, physicsClientId=c)):
                 p.setCollisionFilterPair(s.arm, obj.body, link, -1, 0, physicsClientId=c)
         self.arm_point_names = [name for name, _ in s.arm_points]
