@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"{summary['final_error_mm_median']:.1f} mm, p90 {summary['final_error_mm_p90']:.1f} mm", flush=True)
     gt = figures["variants"].get("ground_truth")
     if gt and gt["success_rate"] > 0:
-        for name, v in figures["variants"].items():
+        for v in figures["variants"].values():
             v["success_vs_ground_truth"] = round(v["success_rate"] / gt["success_rate"], 3)
     figures["wall_time_min"] = round((time.monotonic() - started) / 60.0, 1)
     if args.doc:

@@ -407,10 +407,9 @@ def run_closed_loop(*, model: Path, episodes: list[int], seed: int, duration: fl
 
 def run(args: argparse.Namespace) -> int:
     """``kp-perception demo servo``."""
+    from kp_perception.cli.demo import default_model
     from kp_perception.errors import ConfigError, ModelLoadError
     from kp_perception.media import AnnotatedVideoWriter
-
-    from kp_perception.cli.demo import default_model
 
     model = Path(args.model) if args.model else default_model("pyramids")
     out = Path(args.out) if args.out else Path("out") / "demo_servo"
