@@ -68,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--doc", action="store_true", help="also write the table into docs/results.md")
     parser.add_argument("--tag", default="", help="suffix of the output files (e.g. smoke)")
     parser.add_argument("--quiet", action="store_true", help="no per-episode lines")
+    parser.add_argument("--merge", default="", help="comma-separated JSON files of earlier runs (e.g. one "
+                        "variant per process) to combine into --json (and the doc table); runs nothing")
 
 
 def _observer(variant: str, args: argparse.Namespace):
@@ -154,7 +156,39 @@ def run_in_process(variant: str, args: argparse.Namespace) -> tuple[list[dict], 
     return results, slot_names
 
 
+def merge(paths: list[str]) -> dict[str, Any]:
+    """Combine runs of the same settings (one variant each, say) into one figures dict."""
+    import json
+
+    merged: dict[str, Any] = {}
+    for path in paths:
+        figures = json.loads(Path(path).read_text())
+        if merged and {k: v for k, v in figures["settings"].items() if k != "policy"} != \
+                {k: v for k, v in merged["settings"].items() if k != "policy"}:
+            raise KpPerceptionError(f"{path}: settings differ from the first file's; not merging")
+        if not merged:
+            merged = {"settings": figures["settings"], "variants": {}, "wall_time_min": 0.0, "merged_from": []}
+        merged["variants"].update(figures["variants"])
+        merged["settings"]["policy"] = merged["settings"]["policy"] or figures["settings"]["policy"]
+        merged["wall_time_min"] = round(merged["wall_time_min"] + figures.get("wall_time_min", 0.0), 1)
+        merged["merged_from"].append(str(path))
+    return _ratios(merged)
+
+
+def _ratios(figures: dict[str, Any]) -> dict[str, Any]:
+    gt = figures["variants"].get("ground_truth")
+    if gt and gt["success_rate"] > 0:
+        for v in figures["variants"].values():
+            v["success_vs_ground_truth"] = round(v["success_rate"] / gt["success_rate"], 3)
+    return figures
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.merge:
+        figures = merge([p.strip() for p in args.merge.split(",") if p.strip()])
+        if args.doc:
+            write_block(DOC, BEGIN, END, markdown(figures))
+        return figures
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -186,10 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures["variants"][variant] = summary
         print(f"bench servo: {variant}: success {summary['success_rate']:.0%}, final error median "
               f"{summary['final_error_mm_median']:.1f} mm, p90 {summary['final_error_mm_p90']:.1f} mm", flush=True)
-    gt = figures["variants"].get("ground_truth")
-    if gt and gt["success_rate"] > 0:
-        for v in figures["variants"].values():
-            v["success_vs_ground_truth"] = round(v["success_rate"] / gt["success_rate"], 3)
+    _ratios(figures)
     figures["wall_time_min"] = round((time.monotonic() - started) / 60.0, 1)
     if args.doc:
         write_block(DOC, BEGIN, END, markdown(figures))

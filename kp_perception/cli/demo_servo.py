@@ -449,3 +449,22 @@ def run(args: argparse.Namespace) -> int:
           f"{summary['control_latency_ms_p99'] or float('nan'):.1f} ms (image stamp to command at the arm); "
           f"{summary['sim_ticks_late']} late ticks; outputs in {out}", flush=True)
     return 0
+
+
+def run_ros_episodes(args: argparse.Namespace, variant: str) -> tuple[list[dict], list[str] | None, dict]:
+    """``bench servo``'s ROS variants: the benchmark's episodes through the real nodes (real time)."""
+    from kp_perception.errors import KpPerceptionError
+
+    policy = None
+    controller = "ibvs"
+    if variant.startswith("policy_"):
+        controller = "policy"
+        policy = Path(args.policy.replace("{obs}", "pyramids"))
+        if not policy.is_file():
+            raise KpPerceptionError(f"variant {variant} needs --policy FILE.onnx (got {str(policy)!r})")
+    out = Path("build") / f"bench_servo_{variant}"  # nodes.log of the run
+    run_out = run_closed_loop(model=Path(args.model), episodes=list(range(args.episodes)), seed=args.seed,
+                              duration=args.duration, rate=30.0, controller=controller, policy=policy,
+                              out=out, video_episode=None, progress=not args.quiet)
+    results = [r.summary() for r in run_out["results"]]
+    return results, None, {"timing": run_out["timing"]}
