@@ -44,6 +44,7 @@ from kp_perception_bench._doc_block import write_block
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "results.md"
+GUIDE = ROOT / "docs" / "robot_guide.md"  # "From keypoints to a controller" shows the same table
 BEGIN, END = "<!-- Servo table: begin (bench/servo.py) -->", "<!-- Servo table: end -->"
 
 IN_PROCESS = ("ground_truth", "pyramids", "pyramids_level1", "transporter30", "policy_ground_truth",
@@ -187,7 +188,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.merge:
         figures = merge([p.strip() for p in args.merge.split(",") if p.strip()])
         if args.doc:
-            write_block(DOC, BEGIN, END, markdown(figures))
+            for doc in (DOC, GUIDE):
+                write_block(doc, BEGIN, END, markdown(figures))
         return figures
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -223,7 +225,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _ratios(figures)
     figures["wall_time_min"] = round((time.monotonic() - started) / 60.0, 1)
     if args.doc:
-        write_block(DOC, BEGIN, END, markdown(figures))
+        for doc in (DOC, GUIDE):
+            write_block(doc, BEGIN, END, markdown(figures))
     return figures
 
 
