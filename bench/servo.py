@@ -58,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=50, help="episodes per variant (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="episode seed (default 0; controller tuning used 100)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of control per episode (default 10)")
+    parser.add_argument("--size", type=int, default=64, help="camera image size (default 64, the shipped "
+                        "model's training resolution; larger frames are shrunk to 64 by the node's resize)")
+    parser.add_argument("--near-goal", type=float, default=0.0, help="diagnostic: start each episode at the "
+                        "goal plus N(0, this) rad per joint instead of a random configuration (default off)")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS,
                         help=f"comma-separated, from {', '.join(VARIANTS)} (default {DEFAULT_VARIANTS})")
     parser.add_argument("--model", default=str(ROOT / "models" / "pyramids.onnx"), help="Pyramids model")
@@ -69,16 +73,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--doc", action="store_true", help="also write the table into docs/results.md")
     parser.add_argument("--tag", default="", help="suffix of the output files (e.g. smoke)")
     parser.add_argument("--quiet", action="store_true", help="no per-episode lines")
+    parser.add_argument("--figure", default="", help="with --merge: draw where each model's keypoints sat in "
+                        "episode 0's goal image and how much the controller used them (PNG path)")
     parser.add_argument("--merge", default="", help="comma-separated JSON files of earlier runs (e.g. one "
                         "variant per process) to combine into --json (and the doc table); runs nothing")
 
 
 def _observer(variant: str, args: argparse.Namespace):
     from kp_perception_training.control.episodes import GroundTruthObserver, ModelObserver
-    from kp_perception_training.sim.reach import ReachConfig
 
     if variant in ("ground_truth", "policy_ground_truth", "random"):
-        return GroundTruthObserver(ReachConfig().size)
+        return GroundTruthObserver(args.size)
     if variant in ("pyramids", "policy_pyramids"):
         return ModelObserver(args.model)
     if variant == "pyramids_level1":
@@ -138,7 +143,7 @@ def run_in_process(variant: str, args: argparse.Namespace) -> tuple[list[dict], 
     from kp_perception_training.control.episodes import run_episode
     from kp_perception_training.sim.reach import ReachConfig, ReachScene
 
-    config = ReachConfig(seed=args.seed)
+    config = ReachConfig(seed=args.seed, size=args.size, start_perturbation=args.near_goal)
     probe = ReachScene(config, 0)
     lower, upper = probe.lower, probe.upper
     gt_names = list(probe.arm_point_names)
@@ -187,6 +192,8 @@ def _ratios(figures: dict[str, Any]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.merge:
         figures = merge([p.strip() for p in args.merge.split(",") if p.strip()])
+        if args.figure:
+            figures["figure"] = reliance_figure(figures, args, Path(args.figure))
         if args.doc:
             for doc in (DOC, GUIDE):
                 write_block(doc, BEGIN, END, markdown(figures))
@@ -200,7 +207,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     figures: dict[str, Any] = {
         "settings": {"episodes": args.episodes, "seed": args.seed, "duration_s": args.duration,
-                     "control_hz": 30.0, "success_distance_mm": 20.0, "controller": "BroydenIBVS defaults",
+                     "control_hz": 30.0, "success_distance_mm": 20.0,
+                     "size": args.size, "near_goal": args.near_goal, "controller": "BroydenIBVS defaults",
                      "model": args.model, "transporter": args.transporter, "policy": args.policy},
         "variants": {},
     }
@@ -261,3 +269,49 @@ def markdown(figures: dict[str, Any]) -> str:
         )
     lines.append(END)
     return "\n".join(lines) + "\n"
+
+
+def reliance_figure(figures: dict[str, Any], args: argparse.Namespace, out: Path) -> str:
+    """Goal image of episode 0 with each model's keypoints, marker area ∝ the controller's mean weight."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kp_perception_training.control.episodes import GroundTruthObserver, ModelObserver
+    from kp_perception_training.sim.reach import ReachConfig, ReachScene
+
+    scene = ReachScene(ReachConfig(seed=figures["settings"]["seed"]), 0)
+    frame = scene.goal_frame()
+    points = scene.goal_points
+    scene.close()
+    panels = [(v, o) for v, o in (("ground_truth", GroundTruthObserver(frame.shape[0])),
+                                  ("pyramids", ModelObserver(args.model)),
+                                  ("pyramids_level1", ModelObserver(args.model, slot_prefix="level0/")),
+                                  ("transporter30", ModelObserver(args.transporter)))
+              if v in figures["variants"] and figures["variants"][v].get("slots_used")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+    axes = np.atleast_1d(axes)
+    size = frame.shape[0]
+    for ax, (variant, observer) in zip(axes, panels, strict=True):
+        values, valid = observer(frame, points)
+        weight = {s["slot"]: s["mean_weight"] for s in figures["variants"][variant]["slots_used"]}
+        names = getattr(observer, "slot_names", None) or [s["slot"] for s in figures["variants"][variant]["slots_used"]]
+        if variant == "ground_truth":
+            probe = ReachScene(ReachConfig(seed=figures["settings"]["seed"]), 0)
+            names = list(probe.arm_point_names)
+            probe.close()
+        xy = (np.asarray(values)[:, :2] + 1.0) / 2.0 * (size - 1)
+        w = np.array([weight.get(n, 0.0) for n in names])
+        ax.imshow(frame)
+        ax.scatter(xy[valid, 0], xy[valid, 1], s=8 + 120 * w[valid], c=w[valid], cmap="viridis", vmin=0, vmax=1,
+                   edgecolors="white", linewidths=0.5)
+        v = figures["variants"][variant]
+        ax.set_title(f"{LABELS.get(variant, variant).split(' (')[0]}\nsuccess {v['success_rate']:.0%}, "
+                     f"{v.get('slots_relied_on', 0)} kp used ≥ half the time", fontsize=8)
+        ax.set_axis_off()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return str(out)

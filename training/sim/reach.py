@@ -49,6 +49,7 @@ class ReachConfig:
     max_joint_velocity: float = 1.0  # rad/s, the sim's own limit (the robot's, not the controller's)
     success_distance: float = 0.02  # metres, end-effector position error counted as reached
     lift: float = 0.05  # metres above the scene's pushing height for start and goal gripper positions
+    start_perturbation: float = 0.0  # > 0: start = goal + N(0, this) rad on joints 1-6 (a near-goal study)
 
     def scene_config(self) -> TabletopConfig:
         return TabletopConfig(size=self.size, seed=self.seed, fps=self.control_hz)
@@ -105,7 +106,13 @@ class ReachScene:
             goal = s._random_workspace_point() + lift
             if np.linalg.norm(goal[:2] - start[:2]) >= MIN_START_GOAL_DISTANCE:
                 break
-        return self._ik_configuration(start), self._ik_configuration(goal)
+        start_q, goal_q = self._ik_configuration(start), self._ik_configuration(goal)
+        sigma = self.config.start_perturbation
+        if sigma > 0:
+            noise = s.rng.normal(0.0, sigma, size=len(goal_q))
+            noise[-1] = 0.0  # the last joint turns the gripper about its axis: no position change
+            start_q = np.clip(goal_q + noise, self.lower + 0.05, self.upper - 0.05)
+        return start_q, goal_q
 
     def _ik_configuration(self, target: np.ndarray) -> np.ndarray:
         """Joint configuration with the gripper at ``target``, pointing down (the scene's own IK reset)."""
