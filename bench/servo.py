@@ -155,6 +155,11 @@ def run_in_process(variant: str, args: argparse.Namespace) -> tuple[list[dict], 
         controller = _controller(variant, args, lower, upper, seed=args.seed * 1000 + episode)
         result = run_episode(config, episode, observer, controller, args.duration)
         results.append(result.summary())
+        if args.json:  # partial results survive an interrupted run
+            import json
+
+            with open(Path(args.json).with_suffix(f".{variant}.partial.jsonl"), "a") as f:
+                f.write(json.dumps(results[-1]) + "\n")
         if not args.quiet:
             print(f"bench servo: {variant} episode {episode}: {'ok ' if result.success else 'MISS'} "
                   f"{result.final_position_error_mm:7.1f} mm (from {result.initial_position_error_mm:.0f} mm)",
