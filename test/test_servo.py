@@ -191,3 +191,15 @@ def test_servo_node_stops_the_arm_when_observations_go_stale():
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown(context=context)
+
+
+def test_servo_params_file_holds_declared_parameters_of_the_right_types():
+    import yaml
+
+    from kp_perception.nodes.servo_node import PARAMETERS
+
+    params = yaml.safe_load((REPO / "config" / "servo.yaml").read_text())["/**"]["ros__parameters"]
+    declared = {p.name: p for p in PARAMETERS}
+    assert set(params) <= set(declared)
+    for name, value in params.items():
+        assert type(value) is type(declared[name].default), name
