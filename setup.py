@@ -55,6 +55,7 @@ setup(
             "kp-perception = kp_perception.cli.main:main",
             "pyramids_node = kp_perception.nodes.pyramids_node:main",
             "tusk_node = kp_perception.nodes.tusk_node:main",
+            "servo_node = kp_perception.nodes.servo_node:main",
         ],
     },
 )

@@ -70,7 +70,9 @@ def add_parser(subparsers) -> None:
             "with a summary of rate, latency and keypoint motion (summary.json)."
         ),
     )
-    sub.add_argument("kind", choices=DEMO_KINDS, help="which node and shipped model to run")
+    sub.add_argument("kind", choices=(*DEMO_KINDS, "servo"),
+                     help="which node and shipped model to run; servo: closed-loop visual servoing "
+                     "(kp_perception.cli.demo_servo)")
     sub.add_argument("--out", type=Path, help="output folder (default: out/demo_<kind>); earlier demo outputs "
                      "in it are replaced")
     sub.add_argument("--model", type=Path, help="exported model (.onnx + .json sidecar; default: models/<kind>.onnx)")
@@ -81,6 +83,9 @@ def add_parser(subparsers) -> None:
     sub.add_argument("--debug-image", action="store_true", help="also record the node's debug image topic")
     sub.add_argument("--startup-timeout", type=float, default=60.0,
                      help="seconds to wait for the node to load its model and match topics (default 60)")
+    from kp_perception.cli.demo_servo import add_arguments as add_servo_arguments
+
+    add_servo_arguments(sub)
     sub.set_defaults(func=run)
 
 
@@ -109,6 +114,10 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kind == "servo":
+        from kp_perception.cli.demo_servo import run as run_servo
+
+        return run_servo(args)
     args.model = Path(args.model) if args.model else default_model(args.kind)
     args.out = Path(args.out) if args.out else Path("out") / f"demo_{args.kind}"
     _check_args(args)

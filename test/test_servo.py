@@ -1,0 +1,205 @@
+"""Closed-loop control: the IBVS controller, the reach task and its benchmark, servo_node's safety stop, the env."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kp_perception.control.ibvs import BroydenIBVS, IBVSConfig
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_ibvs_reaches_the_goal_of_a_linear_system_and_ignores_static_features():
+    """s = A q for 3 moving features plus 2 that never move (like keypoints on the table)."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 4))
+    static = np.array([[0.3, -0.2], [-0.5, 0.4]])
+
+    def features(q):
+        return np.vstack([(a @ q).reshape(3, 2), static + rng.normal(scale=1e-4, size=(2, 2))])
+
+    goal_q = np.array([0.2, -0.1, 0.3, 0.05])
+    goal = features(goal_q)
+    goal[3:] += 0.2  # the static features' goal is unreachable: they must be weighted out
+    ctrl = BroydenIBVS(4, IBVSConfig(rate_hz=30.0))
+    ctrl.reset(goal)
+    q = np.zeros(4)
+    for _ in range(600):
+        q = q + ctrl.step(features(q), np.ones(5, bool), q) / 30.0
+    assert np.allclose(a @ q, a @ goal_q, atol=1e-3)
+    assert ctrl.weights.tolist() == [1, 1, 1, 0, 0]
+
+
+def test_ibvs_commands_nothing_without_usable_features():
+    ctrl = BroydenIBVS(3, IBVSConfig(explore_ticks=1))
+    ctrl.reset(np.zeros((2, 2)))
+    for _ in range(ctrl.exploration_ticks):
+        ctrl.step(np.zeros((2, 2)), np.ones(2, bool), np.zeros(3))
+    assert not np.any(ctrl.step(np.ones((2, 2)), np.zeros(2, bool), np.zeros(3)))
+
+
+def test_ground_truth_smoke_run_of_bench_servo_reaches_the_goal(tmp_path):
+    """5 episodes of `bench servo` on the simulator's projected arm points: the controller and loop work."""
+    pytest.importorskip("pybullet")
+    from kp_perception_bench import servo
+
+    parser = argparse.ArgumentParser()
+    servo.add_arguments(parser)
+    args = parser.parse_args(["--episodes", "5", "--variants", "ground_truth", "--quiet",
+                              "--json", str(tmp_path / "servo.json")])
+    figures = servo.run(args)
+    gt = figures["variants"]["ground_truth"]
+    assert sum(e["success"] for e in gt["per_episode"]) >= 4, gt["per_episode"]
+    # the base and the out-of-frame links do not move in the image: the controller must not rely on them
+    used = {s["slot"]: s["mean_weight"] for s in gt["slots_used"]}
+    assert used["arm/base"] == 0.0 and used["gripper"] > 0.5
+
+
+def test_reach_env_passes_gymnasium_check_env():
+    pytest.importorskip("pybullet")
+    from gymnasium.utils.env_checker import check_env
+
+    from kp_perception_training.control.reach_env import ReachKeypointEnv
+
+    for observer in ("ground_truth", "model"):
+        env = ReachKeypointEnv(model=str(REPO / "models" / "pyramids.onnx"), observer=observer, episode_steps=5)
+        check_env(env, skip_render_check=True)
+        obs, _ = env.reset(seed=1)
+        assert env.observation_space.contains(obs)
+        env.close()
+
+
+# --- servo_node: a stale observation never commands motion ------------------------------------------
+
+rclpy = pytest.importorskip("rclpy")
+
+
+def _observation(stamp_ns: int, xy: np.ndarray):
+    from builtin_interfaces.msg import Time
+
+    from kp_perception_msgs.msg import PolicyObservation
+
+    msg = PolicyObservation()
+    msg.header.stamp = Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
+    msg.header.frame_id = "camera"
+    msg.model_kind, msg.coordinates = "pyramids", "normalized"
+    msg.slot_names = [f"level0/kp{i}" for i in range(len(xy))]
+    msg.field_names = ["x", "y", "score"]
+    table = np.column_stack([xy, np.ones(len(xy))]).astype(np.float32)
+    msg.data = table.reshape(-1).tolist()
+    msg.valid = [True] * len(xy)
+    msg.image_width = msg.image_height = 64
+    return msg
+
+
+def test_servo_node_stops_the_arm_when_observations_go_stale():
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import JointState
+
+    from kp_perception.nodes.launch_args import (
+        LARGE_DATA_ENV,
+        NodeLaunchConfig,
+        default_params_file,
+        node_command,
+    )
+    from kp_perception_msgs.msg import PolicyObservation
+
+    ns = f"servo_test_{os.getpid()}"
+    cfg = NodeLaunchConfig(executable="servo_node", params_file=default_params_file("servo"),
+                           parameters={"joint_names": "j1,j2", "observation_timeout": 0.2}, remappings=[],
+                           namespace=f"/{ns}")
+    proc = subprocess.Popen(node_command(cfg), env={**os.environ, **LARGE_DATA_ENV}, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("servo_test_peer", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    commands: list[tuple[float, np.ndarray]] = []
+    lock = threading.Lock()
+
+    def on_command(msg: JointState) -> None:
+        with lock:
+            commands.append((time.monotonic(), np.array(msg.velocity)))
+
+    node.create_subscription(JointState, f"/{ns}/joint_velocity_command", on_command, 10)
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    goal_pub = node.create_publisher(PolicyObservation, f"/{ns}/goal_observation", latched)
+    obs_pub = node.create_publisher(PolicyObservation, f"/{ns}/observation", 10)
+    joint_pub = node.create_publisher(JointState, f"/{ns}/joint_states", 10)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while obs_pub.get_subscription_count() < 1 or goal_pub.get_subscription_count() < 1:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "servo_node did not subscribe"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        goal = np.array([[0.2, 0.1], [-0.3, 0.4], [0.0, -0.2]])
+        goal_pub.publish(_observation(time.time_ns(), goal))
+        time.sleep(0.3)
+
+        def tick(k: int, stale: bool = False) -> None:
+            now = node.get_clock().now()
+            stamp = now.nanoseconds - (10**9 if stale else 0)
+            q = np.array([0.01 * k, -0.01 * k])
+            header = _observation(stamp, goal).header
+            joint_pub.publish(JointState(header=header, name=["j1", "j2"], position=q.tolist()))
+            time.sleep(0.002)
+            obs_pub.publish(_observation(stamp, goal + 0.1 + 0.05 * q[0]))
+
+        for k in range(45):  # fresh observations at 30 Hz: the controller explores, i.e. moves
+            tick(k)
+            time.sleep(1 / 30)
+        time.sleep(0.05)
+        with lock:
+            moving = [c for _, c in commands if np.any(c != 0)]
+        assert moving, "no motion was commanded on fresh observations"
+
+        stopped_feeding = time.monotonic()  # observations stop; joint states keep coming
+        while time.monotonic() - stopped_feeding < 1.0:
+            joint_pub.publish(JointState(header=_observation(node.get_clock().now().nanoseconds, goal).header,
+                                         name=["j1", "j2"], position=[0.0, 0.0]))
+            time.sleep(0.02)
+        with lock:
+            after = [(t - stopped_feeding, c) for t, c in commands if t > stopped_feeding]
+        zeros = [t for t, c in after if not np.any(c)]
+        assert zeros and zeros[0] <= 0.2 + 0.25, f"no stop within the timeout: {after[:5]}"
+        assert all(not np.any(c) for t, c in after if t > 0.2 + 0.1), "motion commanded while stale"
+
+        with lock:
+            n_before = len(commands)
+        tick(50, stale=True)  # an observation that is already 1 s old when it arrives
+        time.sleep(0.3)
+        with lock:
+            late = [c for _, c in commands[n_before:]]
+        assert late and all(not np.any(c) for c in late)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def test_servo_params_file_holds_declared_parameters_of_the_right_types():
+    import yaml
+
+    from kp_perception.nodes.servo_node import PARAMETERS
+
+    params = yaml.safe_load((REPO / "config" / "servo.yaml").read_text())["/**"]["ros__parameters"]
+    declared = {p.name: p for p in PARAMETERS}
+    assert set(params) <= set(declared)
+    for name, value in params.items():
+        assert type(value) is type(declared[name].default), name
