@@ -25,7 +25,8 @@ def test_every_reader_of_kinds_sees_the_registry():
     assert checkpoint.KINDS == KIND_NAMES == sidecar.KINDS
     assert set(sidecar.HIERARCHY_KINDS) == {k for k, v in KINDS.items() if v.family == PYRAMID}
     assert _subcommand_choices("train") == KIND_NAMES
-    assert _subcommand_choices("demo") == tuple(k for k, v in KINDS.items() if v.shipped_model)
+    # Each kind with a shipped model has a demo; `servo` is the closed-loop demo on top of pyramids.
+    assert _subcommand_choices("demo") == (*(k for k, v in KINDS.items() if v.shipped_model), "servo")
     assert set(launch_args.NODES.values()) == {v.node.executable for v in KINDS.values()}
 
 
