@@ -364,8 +364,8 @@ class KeypointNode(LifecycleNode):
                                "configure_s": time.monotonic() - t0}
         self.get_logger().info(
             f"configured: model {s.model_file_path} ({b.name}, {b.sidecar.kind}, {b.sidecar.input_width}x"
-            f"{b.sidecar.input_height}) loaded in {self.startup_timing['model_load_s']:.2f} s; "
-            f"{s.warmup_inferences} warm-up inference(s) in {self.startup_timing['warmup_s']:.2f} s"
+            f"{b.sidecar.input_height}) loaded in {self.startup_timing['model_load_s']:.3f} s; "
+            f"{s.warmup_inferences} warm-up inference(s) in {self.startup_timing['warmup_s']:.3f} s"
             + (f" (last {warmup_ms[-1]:.1f} ms)" if warmup_ms else "")
         )
         return super().on_configure(state)
