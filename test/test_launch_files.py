@@ -143,9 +143,9 @@ def launch_env() -> dict[str, str]:
 class LaunchProcess:
     """``ros2 launch kp_perception FILE args...`` as a process; its output (launch's and the node's) by line."""
 
-    def __init__(self, env: dict[str, str], launch_file: str, **arguments: str) -> None:
-        cmd = [sys.executable, str(RUN_LAUNCH), "kp_perception", launch_file,
-               *(f"{k}:={v}" for k, v in arguments.items())]
+    def __init__(self, env: dict[str, str], launch_file: str | Path, **arguments: str) -> None:
+        target = [str(launch_file)] if isinstance(launch_file, Path) else ["kp_perception", launch_file]
+        cmd = [sys.executable, str(RUN_LAUNCH), *target, *(f"{k}:={v}" for k, v in arguments.items())]
         self.proc = subprocess.Popen(cmd, env=env, cwd=CACHE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
         self.lines: list[str] = []
@@ -257,5 +257,26 @@ def test_launch_with_autostart_false_leaves_the_node_to_a_lifecycle_manager(laun
         pub = peer.node.create_publisher(Image, f"/{ns}/camera/image_raw", qos_profile_sensor_data)
         wait_for(lambda: pub.get_subscription_count() > 0, 60, "the image subscription after activate", launch)
         publish_until(peer, pub, raw_msg, lambda: len(pyramids) >= 2, launch)
+    finally:
+        assert launch.stop() == 0, launch.stderr()
+
+
+def test_the_robot_guides_lifecycle_launch_file_configures_then_activates_the_node(launch_env, peer, models, tmp_path):
+    import re
+
+    guide = (REPO / "docs" / "robot_guide.md").read_text()
+    section = guide.split("### Lifecycle with a launch file", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    path = tmp_path / "my_robot.launch.py"
+    path.write_text(code)
+    launch = LaunchProcess(launch_env, path, model=str(models["pyramids"]))
+    try:
+        pyramids = peer.collect(KeypointPyramid, "/keypoints")
+        pub = peer.node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
+        wait_for(lambda: pub.get_subscription_count() > 0, 90, "activation by the launch file's events", launch)
+        publish_until(peer, pub, raw_msg, lambda: len(pyramids) >= 2, launch)
+        out = launch.stderr()
+        # Configured by launch's ChangeState event, activated on the configuring -> inactive transition.
+        assert out.index("configured: model") < out.index("active: input /camera/image_raw")
     finally:
         assert launch.stop() == 0, launch.stderr()
