@@ -2,8 +2,8 @@
 
 Each node is started as the launch files start it: the parameter file from
 config/ and the remaps/overrides from kp_perception.nodes.launch_args (the
-launch files call the same helper; ``launch`` itself is not installable here,
-see docs/nodes.md). The test process is a second, real rclpy participant that
+launch files call the same helper; test_launch_files.py runs the launch files
+themselves where launch/launch_ros are at hand). The test process is a second, real rclpy participant that
 publishes frames and listens to the outputs. Models are real initial-weights
 encoders exported to ONNX (test/model_fixtures.py), run by onnxruntime.
 """

@@ -428,7 +428,11 @@ class KeypointNode(LifecycleNode):
 
     def _log_failure(self, transition: str, exc: Exception) -> None:
         text = str(exc) if isinstance(exc, KpPerceptionError) else f"{type(exc).__name__}: {exc}"
-        self.get_logger().error(text.splitlines()[0] if text else f"{transition} failed")
+        text = text.splitlines()[0] if text else f"{transition} failed"
+        if "QoS override" in text:  # rclpy's words for a bad qos_overrides.* value
+            text += (" (qos_overrides.<topic>.{subscription,publisher}.reliability: reliable or best_effort; "
+                     "history: keep_last or keep_all; depth: an integer)")
+        self.get_logger().error(text)
 
     # --- what configure and activate create, and what deactivate and cleanup release -------------
     def _warm_up(self, count: int) -> list[float]:
