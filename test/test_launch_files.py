@@ -201,9 +201,8 @@ def test_pyramids_launch_file_frames_in_hierarchies_and_debug_image_out(launch_e
             assert (msg.header.stamp.sec, msg.header.stamp.nanosec) in sent
             check_pyramid(msg)
         # The installed files were used: the node's executable from the ament index, the params file from share/.
-        out = launch.stderr()
-        assert "lib/kp_perception/pyramids_node" in out or "pyramids_node-1" in out
-        assert "active: input /lf_pyr/camera/image_raw" in out
+        wait_for(lambda: "active: input /lf_pyr/camera/image_raw" in launch.stderr(), 10, "the active line", launch)
+        assert "pyramids_node-1" in launch.stderr()  # the process launch_ros started from the ament index
     finally:
         assert launch.stop() == 0, launch.stderr()
     assert "process has finished cleanly" in launch.stderr()
@@ -275,8 +274,9 @@ def test_the_robot_guides_lifecycle_launch_file_configures_then_activates_the_no
         pub = peer.node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
         wait_for(lambda: pub.get_subscription_count() > 0, 90, "activation by the launch file's events", launch)
         publish_until(peer, pub, raw_msg, lambda: len(pyramids) >= 2, launch)
-        out = launch.stderr()
         # Configured by launch's ChangeState event, activated on the configuring -> inactive transition.
+        wait_for(lambda: "active: input /camera/image_raw" in launch.stderr(), 10, "the active line", launch)
+        out = launch.stderr()
         assert out.index("configured: model") < out.index("active: input /camera/image_raw")
     finally:
         assert launch.stop() == 0, launch.stderr()

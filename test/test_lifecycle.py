@@ -101,7 +101,9 @@ def test_lifecycle_services_configure_activate_deactivate_cleanup_and_frames_flo
         assert peer.node.count_subscribers(node.image_topic) == 0 and "configured:" not in node.stderr()
 
         assert lc.transition(Transition.TRANSITION_CONFIGURE) and lc.state() == "inactive"
-        assert "configured: model" in node.stderr() and "warm-up" in node.stderr()  # loaded at configure
+        # Loaded and warmed up at configure (the log line may reach us just after the service reply).
+        wait_for(lambda: "configured: model" in node.stderr() and "warm-up" in node.stderr(), 10,
+                 "the configured line", node)
         assert peer.node.count_publishers(f"{node.ns}/keypoints") == 1  # lifecycle publisher exists, disabled
         send_frames(peer, pub, 1.0)
         assert peer.node.count_subscribers(node.image_topic) == 0 and not pyramids  # inactive: nothing flows
@@ -143,6 +145,7 @@ def test_a_failed_configure_is_one_error_line_and_the_node_stays_unconfigured_an
         lc = Lifecycle(peer, node)
         assert not lc.transition(Transition.TRANSITION_CONFIGURE)
         assert lc.state() == "unconfigured" and node.proc.poll() is None  # a managed node is not killed
+        wait_for(lambda: any("[ERROR]" in ln for ln in node.lines), 10, "the configure error line", node)
         errors = [ln for ln in node.lines if "[ERROR]" in ln]
         assert len(errors) == 1 and f"model file {missing} does not exist" in errors[0], node.stderr()
         (ok,) = _set(peer, node, model_file_path=str(models["pyramids"]))
@@ -178,7 +181,9 @@ def test_qos_overrides_from_a_params_file_change_the_subscription_and_publisher_
         # The parameter file asked image_reliability: best_effort and the code publishes reliable; both overridden.
         assert sub.qos_profile.reliability == ReliabilityPolicy.RELIABLE
         # History depth is not sent over discovery (the graph says 0): the node's own log line states it.
-        assert f"input {node.image_topic} (reliable, depth 4)" in node.stderr()
+        # (The subscription is in the graph a moment before that line is written.)
+        wait_for(lambda: f"input {node.image_topic} (reliable, depth 4)" in node.stderr(), 10,
+                 "the active line with the overridden image QoS", node)
         assert out.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
         # An override naming no topic of the node is a warning, not silence.
         wait_for(lambda: "qos_overrides./lc_qos/no_such_topic.subscription.reliability" in node.stderr(), 10,
