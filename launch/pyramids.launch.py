@@ -1,7 +1,8 @@
 """Start pyramids_node: ``ros2 launch kp_perception pyramids.launch.py model:=/path/model.onnx``.
 
 Arguments: model, backend, image_topic (default /camera/image_raw), compressed,
-namespace, debug, params_file (default config/pyramids.yaml). Sets
+namespace, debug, depth_topic, autostart (default true: the
+lifecycle node configures and activates itself), params_file (default config/pyramids.yaml). Sets
 FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (camera frames are lost without it).
 The argument -> node mapping is kp_perception.nodes.launch_args, which the
 tests use to start the node the same way.

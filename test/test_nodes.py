@@ -2,8 +2,8 @@
 
 Each node is started as the launch files start it: the parameter file from
 config/ and the remaps/overrides from kp_perception.nodes.launch_args (the
-launch files call the same helper; ``launch`` itself is not installable here,
-see docs/nodes.md). The test process is a second, real rclpy participant that
+launch files call the same helper; test_launch_files.py runs the launch files
+themselves where launch/launch_ros are at hand). The test process is a second, real rclpy participant that
 publishes frames and listens to the outputs. Models are real initial-weights
 encoders exported to ONNX (test/model_fixtures.py), run by onnxruntime.
 """
@@ -411,12 +411,17 @@ def _bad_params_file(tmp_path: Path) -> str:
         ("pyramids", "missing model", "does not exist"),
         ("tusk", "pyramids model in tusk_node", "expected 'tusk'"),
         ("pyramids", "wrong parameter type", "score_threshold"),
+        # rcl would keep the params file's double beside the string and use the double, silently.
+        ("pyramids", "-p value of the wrong type after the params file", "-p score_threshold:=abc is a string"),
+        ("tusk", "-p integer for a double parameter", "-p score_threshold:=1 is an integer"),
     ],
 )
 def test_startup_error_exits_nonzero_with_one_clear_line(models, tmp_path, kind, case, expected):
-    model = {"missing model": tmp_path / "nope.onnx"}.get(case, models["pyramids"])
+    model = {"missing model": tmp_path / "nope.onnx", "-p integer for a double parameter": models["tusk"]}.get(
+        case, models["pyramids"])
     params = _bad_params_file(tmp_path) if case == "wrong parameter type" else None
-    node = NodeProcess(kind, model, "startup_err", params_file=params)
+    extra = {"score_threshold": "abc" if "wrong type" in case else "1"} if case.startswith("-p") else None
+    node = NodeProcess(kind, model, "startup_err", params_file=params, extra=extra)
     node.proc.wait(timeout=60)
     node._reader.join(timeout=5)
     assert node.proc.returncode != 0
@@ -441,6 +446,28 @@ def test_launch_helper_gives_the_params_file_overrides_and_remaps():
     assert cfg.executable == "tusk_node" and cfg.env["FASTDDS_BUILTIN_TRANSPORTS"] == "LARGE_DATA"
     assert record_command("bags/ep1", "/camera/image_raw,/camera/camera_info") == [
         "ros2", "bag", "record", "-s", "mcap", "-o", "bags/ep1", "/camera/image_raw", "/camera/camera_info"]
+
+
+def test_p_values_are_typed_by_rcls_rule_and_a_wrong_type_is_refused_whatever_the_params_file():
+    from kp_perception.errors import ConfigError
+    from kp_perception.nodes.command_line import (
+        check_parameter_arguments,
+        parameter_arguments,
+        rcl_value_type,
+    )
+
+    assert [rcl_value_type(v) for v in ("abc", "1", "0x1f", "0.5", "1e-3", ".inf", "true", "on", "'1'", "[1]")] == [
+        str, int, int, float, float, float, bool, bool, str, list]
+    argv = ["pyramids_node", "--ros-args", "--params-file", "p.yaml", "-p", "score_threshold:=abc",
+            "--param", "other_node:threads:=x", "--", "-p", "not_ros:=1"]
+    assert parameter_arguments(argv) == [("", "score_threshold", "abc"), ("other_node", "threads", "x")]
+    declared = {"score_threshold": float, "threads": int, "frame_id": str}
+    with pytest.raises(ConfigError, match="-p score_threshold:=abc is a string, but 'score_threshold' is a double"):
+        check_parameter_arguments(argv, declared, ("pyramids_node", "/pyramids_node"))
+    # Right types pass; a -p aimed at another node, or outside --ros-args, is not this node's business.
+    check_parameter_arguments(["x", "--ros-args", "-p", "score_threshold:=0.4", "-p", "frame_id:=tool0",
+                               "-p", "other_node:threads:=x", "-p", "qos_overrides./a.subscription.depth:=2"],
+                              declared, ("pyramids_node", "/pyramids_node"))
 
 
 def test_launch_files_compile_and_params_files_hold_exactly_the_declared_parameters():

@@ -26,9 +26,12 @@ Only the newest frame is processed: the subscription callback just replaces
 the pending message (counting the replaced one as dropped) and wakes the
 worker, so a slow model drops frames instead of building a backlog.
 
-Parameters are declared once from :data:`PARAMETERS` (with descriptors) and
-read once into :class:`NodeSettings`; the score threshold and frame id can be
-changed at run time (``ros2 param set``), everything else is read-only.
+Parameters are declared once from :data:`PARAMETERS` (with descriptors) in the
+constructor and read into :class:`NodeSettings` at the lifecycle ``configure``
+transition; the score threshold and frame id can be changed at run time
+(``ros2 param set``), everything else only while the node is unconfigured.
+The nodes are lifecycle (managed) nodes: see :class:`KeypointNode` for what
+each transition does, and :func:`run_node` for ``autostart``.
 """
 
 from __future__ import annotations
@@ -54,15 +57,17 @@ from rcl_interfaces.msg import (
 )
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from kp_perception.camera_geometry import CameraModel, locate_keypoints
 from kp_perception.errors import CameraInfoError, ConfigError, KpPerceptionError, ModelLoadError
 from kp_perception.image_conversion import compressed_to_rgb8, depth_view, image_to_rgb8, numpy_to_image
+from kp_perception.nodes.command_line import check_parameter_arguments
 from kp_perception.observation import COORDINATES, ObservationLayout, observe
 from kp_perception.ros_conversion import observation_to_msg
 from kp_perception.stamp_matching import StampBuffer, stamp_to_ns
@@ -81,7 +86,8 @@ class ParamSpec:
     int_range: tuple[int, int] | None = None
     choices: tuple[str, ...] | None = None
 
-    def descriptor(self) -> ParameterDescriptor:
+    def descriptor(self, read_only: bool | None = None) -> ParameterDescriptor:
+        """The ROS descriptor; ``read_only`` overrides the spec's (lifecycle nodes enforce it per state)."""
         type_ = {
             bool: ParameterType.PARAMETER_BOOL,
             int: ParameterType.PARAMETER_INTEGER,
@@ -89,7 +95,8 @@ class ParamSpec:
             str: ParameterType.PARAMETER_STRING,
         }[type(self.default)]
         desc = ParameterDescriptor(
-            name=self.name, type=type_, description=self.description, read_only=self.read_only
+            name=self.name, type=type_, description=self.description,
+            read_only=self.read_only if read_only is None else read_only,
         )
         if self.choices:
             desc.additional_constraints = "one of: " + ", ".join(self.choices)
@@ -106,6 +113,10 @@ class ParamSpec:
 
 # The one table of parameters. Topic defaults marked "{out}" take the node's output name.
 PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("autostart", True, "Configure and activate at start (ros2 run / ros2 launch just work). false = "
+              "stay unconfigured until a lifecycle manager (or `ros2 lifecycle set`) configures and activates."),
+    ParamSpec("warmup_inferences", 3, "Inferences run on a grey frame at configure, so the first camera frame "
+              "does not pay first-call costs (allocations, TensorRT/CUDA set-up).", int_range=(0, 1000)),
     ParamSpec("model_file_path", "", "Exported model: .onnx (onnxruntime), .engine/.plan (tensorrt) or .pt "
               "(torch checkpoint); its sidecar .json must sit beside it."),
     ParamSpec("backend", "", "Inference backend; empty = chosen by the model file's extension.",
@@ -164,6 +175,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
 class NodeSettings:
     """The parameter values, typed, read once at start-up (see :data:`PARAMETERS`)."""
 
+    autostart: bool
+    warmup_inferences: int
     model_file_path: str
     backend: str
     providers: str
@@ -259,8 +272,28 @@ class NodeStats:
             return out
 
 
-class KeypointNode(Node):
-    """Base of the perception nodes; subclasses say which kind, message, conversion and drawing."""
+class KeypointNode(LifecycleNode):
+    """Base of the perception nodes (managed: ``rclpy.lifecycle``); subclasses say which kind, message, drawing.
+
+    Lifecycle, as yolo_ros and Isaac ROS users expect it:
+
+    - constructor (``unconfigured``): declares the parameters (a value of the
+      wrong type, from a file or ``-p``, stops the node here);
+    - ``configure`` (-> ``inactive``): reads and validates the parameters,
+      loads the model, runs ``warmup_inferences`` inferences, creates the
+      (lifecycle) publishers;
+    - ``activate`` (-> ``active``): enables the publishers, subscribes, starts
+      the worker thread and the diagnostics timer; only now do frames flow;
+    - ``deactivate`` (-> ``inactive``): unsubscribes, stops the worker and the
+      timer, disables the publishers; the model stays loaded;
+    - ``cleanup`` (-> ``unconfigured``) / ``shutdown``: also drop the
+      publishers and the model. Configure-time parameters (all but
+      ``score_threshold`` and ``frame_id``) can be changed only while
+      unconfigured, and take effect at the next ``configure``.
+
+    With ``autostart`` (default true) :func:`run_node` configures and
+    activates at start, so ``ros2 run``/``ros2 launch`` just work.
+    """
 
     node_name: ClassVar[str]
     expected_kind: ClassVar[str]  # "pyramids" (any hierarchy kind) or "tusk"
@@ -277,21 +310,25 @@ class KeypointNode(Node):
     def draw(self, frame_rgb: np.ndarray, result: Any) -> np.ndarray:
         raise NotImplementedError
 
-    # --- machinery ------------------------------------------------------------------------------
-    def __init__(self, **kwargs: Any) -> None:
+    # --- construction: parameters only ----------------------------------------------------------
+    def __init__(self, *, command_line: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(self.node_name, **kwargs)
-        self.settings = self._declare_and_read_parameters()
+        self._declare_parameters(sys.argv if command_line is None else command_line)
         self._warn_unknown_parameters()
-        self._threshold = self.settings.score_threshold
-        self._frame_id = self.settings.frame_id
+        self.autostart = bool(self.get_parameter("autostart").value)
+        self._threshold = float(self.get_parameter("score_threshold").value)
+        self._frame_id = str(self.get_parameter("frame_id").value)
         self.stats = NodeStats()
-        self.backend = self._load_model()
+        self.settings: NodeSettings | None = None  # read at configure
+        self.backend = None
+        self.startup_timing: dict[str, float] = {}
 
         # Worker state exists before the subscription that feeds it.
         self._last_sequence: dict[bytes, int] = {}  # per publisher, to count frames that never reached us
         self._cond = threading.Condition()
         self._pending: Image | CompressedImage | None = None
         self._stop = False
+        self._worker: threading.Thread | None = None
         self._started = time.monotonic()
         self._last_arrival: float | None = None
         self._camera: CameraModel | None = None
@@ -299,17 +336,143 @@ class KeypointNode(Node):
         self._depth = StampBuffer[Image](8)
         self._depth_cond = threading.Condition()
         self._last_depth_arrival: float | None = None
+        self._image_qos: QoSProfile | None = None
+        self._image_sub = self._info_sub = self._depth_sub = None
+        self._pub = self._obs_pub = self._debug_pub = self._diag_pub = None
+        self._diag_timer = None
 
-        s = self.settings
-        self._check_settings()
-        self._layout = ObservationLayout.from_sidecar(self.backend.sidecar, s.observation_coordinates)
-        self._pub = self.create_publisher(self.message_type, s.output_topic, 10)
-        self._obs_pub = (
-            self.create_publisher(PolicyObservation, s.observation_topic, 10) if s.publish_observation else None
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+
+    # --- lifecycle transitions (each: one clear log line on failure, never an exception) --------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        t0 = time.monotonic()
+        try:
+            self.settings = self._read_settings()
+            self.backend = self._load_model()
+            t_loaded = time.monotonic()
+            warmup_ms = self._warm_up(self.settings.warmup_inferences)
+            self._layout = ObservationLayout.from_sidecar(self.backend.sidecar, self.settings.observation_coordinates)
+            self._create_publishers()
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one line and FAILURE
+            self._release_publishers()
+            self.backend = None
+            self._log_failure("configure", exc)
+            return TransitionCallbackReturn.FAILURE
+        s, b = self.settings, self.backend
+        self.startup_timing = {"model_load_s": t_loaded - t0, "warmup_s": time.monotonic() - t_loaded,
+                               "configure_s": time.monotonic() - t0}
+        self.get_logger().info(
+            f"configured: model {s.model_file_path} ({b.name}, {b.sidecar.kind}, {b.sidecar.input_width}x"
+            f"{b.sidecar.input_height}) loaded in {self.startup_timing['model_load_s']:.3f} s; "
+            f"{s.warmup_inferences} warm-up inference(s) in {self.startup_timing['warmup_s']:.3f} s"
+            + (f" (last {warmup_ms[-1]:.1f} ms)" if warmup_ms else "")
         )
-        self._debug_pub = self.create_publisher(Image, s.debug_image_topic, 1) if s.publish_debug_image else None
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        return super().on_configure(state)
 
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._create_subscriptions()
+        except Exception as exc:  # noqa: BLE001 - e.g. a bad qos_overrides value
+            self._release_subscriptions()
+            self._log_failure("activate", exc)
+            return TransitionCallbackReturn.FAILURE
+        with self._cond:
+            self._stop = False
+            self._pending = None
+        self._started = time.monotonic()
+        self._last_arrival = None
+        self._worker = threading.Thread(target=self._work, name=f"{self.node_name}_worker", daemon=True)
+        self._worker.start()
+        self._diag_timer = self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics)
+        result = super().on_activate(state)  # enables the lifecycle publishers
+        s = self.settings
+        self.get_logger().info(
+            f"active: input {self._image_sub.topic_name} ({self._image_qos.reliability.name.lower()}, depth "
+            f"{self._image_qos.depth}); camera_info {self._info_sub.topic_name if self._info_sub else 'off'}; "
+            f"depth {self._depth_sub.topic_name if self._depth_sub else 'off'}; output {self._pub.topic_name}"
+            + (f", {self._obs_pub.topic_name} ({s.observation_coordinates})" if self._obs_pub else "")
+        )
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_activity()
+        self.get_logger().info("inactive: unsubscribed; the model stays loaded")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_publishers()
+        self.backend = None
+        self.settings = None
+        self.get_logger().info("unconfigured: model and publishers released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.close()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.close()
+        return TransitionCallbackReturn.SUCCESS  # back to unconfigured, ready to be configured again
+
+    @property
+    def lifecycle_state(self) -> str:
+        """The current state's label: 'unconfigured', 'inactive', 'active', 'finalized', ..."""
+        return self._state_machine.current_state[1]
+
+    def close(self) -> None:
+        """Release everything, whatever the state (before destroy_node and on shutdown)."""
+        self._stop_activity()
+        self._release_publishers()
+        self.backend = None
+
+    def _log_failure(self, transition: str, exc: Exception) -> None:
+        text = str(exc) if isinstance(exc, KpPerceptionError) else f"{type(exc).__name__}: {exc}"
+        text = text.splitlines()[0] if text else f"{transition} failed"
+        if "QoS override" in text:  # rclpy's words for a bad qos_overrides.* value
+            text += (" (qos_overrides.<topic>.{subscription,publisher}.reliability: reliable or best_effort; "
+                     "history: keep_last or keep_all; depth: an integer)")
+        self.get_logger().error(text)
+
+    # --- what configure and activate create, and what deactivate and cleanup release -------------
+    def _warm_up(self, count: int) -> list[float]:
+        """Run ``count`` inferences on a mid-grey frame of the model's input size (first-call costs paid now)."""
+        sidecar = self.backend.sidecar
+        frame = np.full((sidecar.input_height, sidecar.input_width, 3), 127, np.uint8)
+        times = []
+        for _ in range(count):
+            t = time.perf_counter()
+            self.backend.infer(frame)
+            times.append((time.perf_counter() - t) * 1e3)
+        return times
+
+    def _create_publishers(self) -> None:
+        """Lifecycle publishers (enabled only while active); QoS overridable from parameters."""
+        s = self.settings
+        overridable = QoSOverridingOptions.with_default_policies()
+        self._pub = self.create_lifecycle_publisher(self.message_type, s.output_topic, 10,
+                                                    qos_overriding_options=overridable)
+        self._obs_pub = (
+            self.create_lifecycle_publisher(PolicyObservation, s.observation_topic, 10,
+                                            qos_overriding_options=overridable)
+            if s.publish_observation else None
+        )
+        self._debug_pub = (
+            self.create_lifecycle_publisher(Image, s.debug_image_topic, 1, qos_overriding_options=overridable)
+            if s.publish_debug_image else None
+        )
+        self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
+
+    def _release_publishers(self) -> None:
+        for name in ("_pub", "_obs_pub", "_debug_pub", "_diag_pub"):
+            pub = getattr(self, name)
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+                setattr(self, name, None)
+
+    def _create_subscriptions(self) -> None:
+        """Image (+ camera_info, + depth) subscriptions; the image QoS from parameters, then qos_overrides."""
+        s = self.settings
         reliability = (
             ReliabilityPolicy.RELIABLE if s.image_reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
         )
@@ -324,13 +487,16 @@ class KeypointNode(Node):
             CompressedImage if s.compressed_input else Image,
             topic,
             self._on_image,
-            qos,
+            qos,  # qos_overrides.<topic>.subscription.{reliability,depth,history} replace these in place
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos),
+            qos_overriding_options=QoSOverridingOptions.with_default_policies(),
         )
+        self._image_qos = qos
         # camera_info: best effort matches reliable and best-effort drivers alike; only the newest matters.
         info_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
         self._info_sub = (
-            self.create_subscription(CameraInfo, self._camera_info_topic(), self._on_camera_info, info_qos)
+            self.create_subscription(CameraInfo, self._camera_info_topic(), self._on_camera_info, info_qos,
+                                     qos_overriding_options=QoSOverridingOptions.with_default_policies())
             if s.use_camera_info else None
         )
         depth_qos = QoSProfile(
@@ -338,57 +504,80 @@ class KeypointNode(Node):
             durability=DurabilityPolicy.VOLATILE,
         )
         self._depth_sub = (
-            self.create_subscription(Image, s.depth_topic, self._on_depth, depth_qos) if s.use_depth else None
+            self.create_subscription(Image, s.depth_topic, self._on_depth, depth_qos,
+                                     qos_overriding_options=QoSOverridingOptions.with_default_policies())
+            if s.use_depth else None
         )
+        self._warn_unmatched_qos_overrides()
 
-        self._worker = threading.Thread(target=self._work, name=f"{self.node_name}_worker", daemon=True)
-        self._worker.start()
+    def _release_subscriptions(self) -> None:
+        for name in ("_image_sub", "_info_sub", "_depth_sub"):
+            sub = getattr(self, name)
+            if sub is not None:
+                self.destroy_subscription(sub)
+                setattr(self, name, None)
 
-        self.add_on_set_parameters_callback(self._validate_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
-        self._diag_timer = self.create_timer(s.diagnostics_period, self._publish_diagnostics)
-        self.get_logger().info(
-            f"model {s.model_file_path} ({self.backend.name}, {self.backend.sidecar.kind}, "
-            f"{self.backend.sidecar.input_width}x{self.backend.sidecar.input_height}); "
-            f"input {self._image_sub.topic_name} ({s.image_reliability}, depth {s.image_qos_depth}); "
-            f"camera_info {self._info_sub.topic_name if self._info_sub else 'off'}; "
-            f"depth {self._depth_sub.topic_name if self._depth_sub else 'off'}; "
-            f"output {self._pub.topic_name}"
-            + (f", {self._obs_pub.topic_name} ({s.observation_coordinates})" if self._obs_pub else "")
-        )
-
-    def close(self) -> None:
-        """Stop the worker thread (called before destroy_node)."""
+    def _stop_activity(self) -> None:
+        """Stop the worker (after its current frame) and the diagnostics timer, then unsubscribe."""
         with self._cond:
             self._stop = True
+            self._pending = None
             self._cond.notify_all()
-        self._worker.join(timeout=5.0)
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+            self._worker = None
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        self._release_subscriptions()
 
-    # parameters
-    def _declare_and_read_parameters(self) -> NodeSettings:
-        values = {}
-        for spec in PARAMETERS:
+    def _warn_unmatched_qos_overrides(self) -> None:
+        """A qos_overrides.* parameter for a topic this node does not have would otherwise do nothing, silently."""
+        overrides = getattr(self, "_parameter_overrides", {}) or {}
+        unmatched = sorted(n for n in overrides if n.startswith("qos_overrides.") and not self.has_parameter(n))
+        if unmatched:
+            self.get_logger().warning(
+                f"{', '.join(unmatched)}: no topic of this node has that name, so it does nothing. "
+                "Overrides name the resolved topic, e.g. qos_overrides./camera/image_raw.subscription.reliability")
+
+    # --- parameters -----------------------------------------------------------------------------
+    def _parameter_defaults(self) -> dict[str, ParamSpec]:
+        """The declared parameters: :data:`PARAMETERS` (declare more here, in this one place)."""
+        return {spec.name: spec for spec in PARAMETERS}
+
+    def _declare_parameters(self, command_line: list[str]) -> None:
+        """Declare every parameter with its type; a value of the wrong type (file or -p) is a ConfigError."""
+        specs = self._parameter_defaults()
+        check_parameter_arguments(
+            command_line, {name: type(spec.default) for name, spec in specs.items()},
+            (self.get_name(), self.get_fully_qualified_name()),
+        )
+        for spec in specs.values():
             default = spec.default
             if isinstance(default, str):
                 default = default.replace("{out}", self.default_output_topic)
             try:
-                param = self.declare_parameter(spec.name, default, spec.descriptor())
+                # Not read-only: configure-time parameters may change while unconfigured (_validate_parameters).
+                self.declare_parameter(spec.name, default, spec.descriptor(read_only=False))
             except (rclpy.exceptions.ParameterException, rclpy.exceptions.InvalidParameterValueException) as exc:
                 raise ConfigError(f"parameter '{spec.name}': {exc}") from None
-            values[spec.name] = param.value
-            if spec.choices and param.value not in spec.choices:
-                allowed = ", ".join(repr(c) for c in spec.choices)
-                raise ConfigError(f"parameter '{spec.name}' is {param.value!r}; expected one of {allowed}")
-        return NodeSettings(**values)
 
-    def _check_settings(self) -> None:
-        s = self.settings
+    def _read_settings(self) -> NodeSettings:
+        """The current values, typed and validated (at configure)."""
+        specs = self._parameter_defaults()
+        values = {name: self.get_parameter(name).value for name in specs}
+        for name, spec in specs.items():
+            if spec.choices and values[name] not in spec.choices:
+                allowed = ", ".join(repr(c) for c in spec.choices)
+                raise ConfigError(f"parameter '{name}' is {values[name]!r}; expected one of {allowed}")
+        s = NodeSettings(**{f.name: values[f.name] for f in fields(NodeSettings)})
         if s.depth_window % 2 == 0:
             raise ConfigError(f"parameter 'depth_window' is {s.depth_window}; it must be odd (a window centred "
                               "on the keypoint)")
         if s.publish_observation and s.observation_coordinates == "metric" and not (s.use_depth and s.use_camera_info):
             raise ConfigError("parameter 'observation_coordinates' is 'metric', which needs use_depth:=true and "
                               "use_camera_info:=true (3D points come from camera_info and the depth image)")
+        return s
 
     def _camera_info_topic(self) -> str:
         """image_transport's rule: camera_info sits beside the resolved (remapped) image topic."""
@@ -399,14 +588,21 @@ class KeypointNode(Node):
         return f"{parent}/camera_info"
 
     def _warn_unknown_parameters(self) -> None:
-        known = {p.name for p in PARAMETERS} | {"use_sim_time", "start_type_description_service"}
+        known = set(self._parameter_defaults()) | {"use_sim_time", "start_type_description_service"}
         overrides = getattr(self, "_parameter_overrides", {}) or {}
         for name in sorted(set(overrides) - known):
             if not name.startswith("qos_overrides."):
                 self.get_logger().warning(f"unknown parameter '{name}' is ignored (typo?)")
 
     def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        specs = self._parameter_defaults()
         for p in params:
+            spec = specs.get(p.name)
+            if spec is not None and spec.read_only and self.lifecycle_state != "unconfigured":
+                return SetParametersResult(
+                    successful=False,
+                    reason=f"{p.name} is read at configure: change it while the node is unconfigured "
+                    "(lifecycle transitions deactivate, cleanup; then configure, activate)")
             if p.name == "score_threshold" and not (
                 isinstance(p.value, float | int) and 0.0 <= float(p.value) <= 1.0
             ):
@@ -489,7 +685,7 @@ class KeypointNode(Node):
         policy = getattr(info.last_policy_kind, "name", str(info.last_policy_kind)).replace("RMW_QOS_POLICY_", "")
         self.get_logger().error(
             f"a publisher on {self._image_sub.topic_name} has incompatible QoS "
-            f"(policy {policy}); this node requests {self.settings.image_reliability}. "
+            f"(policy {policy}); this node requests {self._image_qos.reliability.name.lower()}. "
             "Set image_reliability:=best_effort (matches any publisher).",
             throttle_duration_sec=10.0,
         )
@@ -662,7 +858,7 @@ class KeypointNode(Node):
             offered = sorted({str(i.qos_profile.reliability.name).lower() for i in infos})
             hint = (
                 f"{len(infos)} publisher(s) offering {', '.join(offered)}; this node requests "
-                f"{self.settings.image_reliability}. A reliable subscriber never matches a best-effort "
+                f"{self._image_qos.reliability.name.lower()}. A reliable subscriber never matches a best-effort "
                 "camera: set image_reliability:=best_effort. For large images between processes set "
                 "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA in both"
             )
@@ -672,16 +868,21 @@ class KeypointNode(Node):
 
 
 def run_node(node_class: type[KeypointNode], args: list[str] | None = None) -> int:
-    """Start a node and spin until shutdown. Start-up errors: one line, exit status 1, no traceback."""
+    """Start a node, configure and activate it (``autostart``), spin until shutdown.
+
+    Start-up errors (a bad parameter, a missing or incompatible model, a bad
+    QoS override) are one line on stderr and exit status 1, no traceback.
+    With ``autostart:=false`` the node waits, unconfigured, for a lifecycle
+    manager; a failed transition then leaves it running in its previous state.
+    """
     name = node_class.node_name
     try:
         rclpy.init(args=args)
     except Exception as exc:  # bad --ros-args (e.g. a missing params file)
         print(f"[FATAL] [{name}]: cannot start: {exc}".splitlines()[0], file=sys.stderr)
         return 1
-    node = None
     try:
-        node = node_class()
+        node = node_class(command_line=sys.argv if args is None else list(args))
     except KpPerceptionError as exc:
         rclpy.logging.get_logger(name).fatal(str(exc))
         rclpy.try_shutdown()
@@ -689,6 +890,10 @@ def run_node(node_class: type[KeypointNode], args: list[str] | None = None) -> i
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
+        if node.autostart:
+            for transition in (node.trigger_configure, node.trigger_activate):
+                if transition() != TransitionCallbackReturn.SUCCESS:
+                    return 1  # the transition logged why, in one line
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

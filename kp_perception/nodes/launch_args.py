@@ -1,10 +1,12 @@
 """Launch arguments -> what the node is started with: one pure helper for the launch files and the tests.
 
-Why: ``launch``/``launch_ros`` cannot be installed on the development machine,
-so the tests cannot run the launch files. Both the launch files (inside an
-``OpaqueFunction``) and the tests call :func:`node_launch_config`, so the node
-the tests start has exactly the parameter file, overrides, remaps and
+Why: ``launch``/``launch_ros`` are on no package registry, so most tests start
+the node as a plain process. Both the launch files (inside an
+``OpaqueFunction``) and those tests call :func:`node_launch_config`, so the
+node they start has exactly the parameter file, overrides, remaps and
 namespace that ``ros2 launch kp_perception pyramids.launch.py`` gives it.
+Where ``launch``/``launch_ros`` sources are at hand, test/test_launch_files.py
+also runs the launch files themselves through ``launch.LaunchService``.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def node_launch_config(
     namespace: str = "",
     debug: str | bool = False,
     depth_topic: str = "",
+    autostart: str | bool = True,
 ) -> NodeLaunchConfig:
     """Launch arguments (strings, as LaunchConfiguration gives them) -> the node's start-up configuration.
 
@@ -91,7 +94,8 @@ def node_launch_config(
     only flips the ``compressed_input`` parameter. camera_info needs no
     argument: the node finds it beside the remapped image topic
     (image_transport's rule). A non-empty ``depth_topic`` remaps ``depth``
-    to it and turns ``use_depth`` on.
+    to it and turns ``use_depth`` on. ``autostart`` false leaves the
+    (lifecycle) node unconfigured for a lifecycle manager.
     """
     if node not in NODES:
         raise ConfigError(f"unknown node '{node}'; expected one of {', '.join(NODES)}")
@@ -102,6 +106,7 @@ def node_launch_config(
         parameters["backend"] = str(backend)
     parameters["compressed_input"] = parse_bool(compressed, "compressed")
     parameters["publish_debug_image"] = parse_bool(debug, "debug")
+    parameters["autostart"] = parse_bool(autostart, "autostart")
     topic = str(image_topic).rstrip("/") or DEFAULT_IMAGE_TOPIC
     remappings = [("image", topic), ("image/compressed", f"{topic}/compressed")]
     depth = str(depth_topic).strip().rstrip("/")
@@ -194,14 +199,25 @@ def node_launch_description(node: str):
     """The LaunchDescription of ``<node>.launch.py`` (launch/launch_ros imported here, on a ROS install only).
 
     Arguments: model, backend, image_topic, compressed, namespace, debug,
-    params_file, depth_topic. An OpaqueFunction resolves them to strings and hands them to
-    :func:`node_launch_config`, the same helper the tests use.
+    params_file, depth_topic, autostart. An OpaqueFunction resolves them to strings and hands them to
+    :func:`node_launch_config`, the same helper the tests use. The node is a
+    ``launch_ros`` ``LifecycleNode`` (so an including launch file can react to
+    its state transitions or emit ``ChangeState``); it configures and
+    activates itself unless ``autostart:=false``. If it exits with an error
+    (a bad model path, a bad parameter) the launch ends too, with a non-zero
+    status, after the node's own one-line error.
     """
     from ament_index_python.packages import get_package_share_directory
     from launch import LaunchDescription
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+    from launch.actions import (
+        DeclareLaunchArgument,
+        OpaqueFunction,
+        RegisterEventHandler,
+        SetEnvironmentVariable,
+    )
+    from launch.event_handlers import OnProcessExit
     from launch.substitutions import LaunchConfiguration
-    from launch_ros.actions import Node
+    from launch_ros.actions import LifecycleNode
 
     share = get_package_share_directory("kp_perception")
     arguments = [
@@ -220,7 +236,16 @@ def node_launch_description(node: str):
                               description="ROS parameter file of the node"),
         DeclareLaunchArgument("depth_topic", default_value="", description="Aligned depth image topic "
                               "(16UC1 mm or 32FC1 m); empty = no depth. camera_info is found beside image_topic"),
+        DeclareLaunchArgument("autostart", default_value="true", choices=["true", "false"],
+                              description="Configure and activate the lifecycle node at start; false = wait "
+                              "for a lifecycle manager (or `ros2 lifecycle set`)"),
     ]
+
+    def fail_launch(event, context):
+        # A node that dies on its own (not at Ctrl-C) ends the launch with an error status.
+        if event.returncode != 0 and not context.is_shutdown:
+            raise RuntimeError(f"{Path(event.cmd[0]).name} exited with status {event.returncode} "
+                               "(its error is the line above)")
 
     def make_node(context, *_args, **_kwargs):
         value = {a.name: LaunchConfiguration(a.name).perform(context) for a in arguments}
@@ -234,17 +259,18 @@ def node_launch_description(node: str):
             namespace=value["namespace"],
             debug=value["debug"],
             depth_topic=value["depth_topic"],
+            autostart=value["autostart"],
         )
-        return [
-            Node(
-                package="kp_perception",
-                executable=cfg.executable,
-                namespace=cfg.namespace,
-                parameters=[cfg.params_file, cfg.parameters],
-                remappings=cfg.remappings,
-                output="screen",
-            )
-        ]
+        node_action = LifecycleNode(
+            package="kp_perception",
+            executable=cfg.executable,
+            name=cfg.executable,  # the node's own name: pyramids_node / tusk_node
+            namespace=cfg.namespace,
+            parameters=[cfg.params_file, cfg.parameters],
+            remappings=cfg.remappings,
+            output="screen",
+        )
+        return [node_action, RegisterEventHandler(OnProcessExit(target_action=node_action, on_exit=fail_launch))]
 
     env = [SetEnvironmentVariable(k, v) for k, v in LARGE_DATA_ENV.items()]
     return LaunchDescription([*arguments, *env, OpaqueFunction(function=make_node)])
