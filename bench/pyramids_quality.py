@@ -90,6 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", type=Path, default=work_dir("bench_pyramids"),
                         help="data, runs and caches go here; existing data and finished runs are reused")
     parser.add_argument("--paper", action="store_true", help="paper setting: 128x128, 450 episodes, paper model, lr 1e-4 (GPU)")
+    parser.add_argument("--architecture", choices=("cpu", "paper"), default=None,
+                        help="model widths: 'cpu' = the CPU preset (default), 'paper' = the paper's widths "
+                        "(training/pyramids/config.py defaults) with the CPU setting otherwise; --paper implies paper")
     parser.add_argument("--size", type=int, help="image size (default 64, --paper 128)")
     parser.add_argument("--episodes", type=int, help="train episodes (default 40, --paper 360)")
     parser.add_argument("--test-episodes", type=int, help="test episodes (default 20, --paper 90)")
@@ -212,7 +215,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     common = [f"data.image_size={size}", f"model.finest_stride={finest_stride}", f"optim.lr={lr}",
               f"train.batch_size={args.batch_size}",
               "train.num_workers=0", f"train.checkpoint_every={max(steps, 1)}", f"train.image_every={max(steps, 1)}"]
-    presets = {} if args.paper else {kind: preset_for(kind) for kind, _ in METHODS.values()}
+    paper_widths = args.paper or args.architecture == "paper"
+    presets = {} if paper_widths else {kind: preset_for(kind) for kind, _ in METHODS.values()}
     runs: list[dict[str, Any]] = []
     for name in names:
         kind, sizes = METHODS[name]
@@ -249,7 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "setting": {"size": size, "train_episodes": episodes, "test_episodes": test_episodes, "frames": args.frames,
                     "steps": steps, "batch_size": args.batch_size, "lr": lr, "seeds": args.seeds,
-                    "paper": bool(args.paper), "cpu_preset": None if args.paper else CPU_PRESET,
+                    "paper": bool(args.paper), "cpu_preset": None if paper_widths else CPU_PRESET,
                     "finest_stride": finest_stride,
                     "threads": args.threads, "extra_overrides": args.set},
         "table_rmse_px": table,

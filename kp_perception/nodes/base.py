@@ -281,6 +281,8 @@ class KeypointNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(self.node_name, **kwargs)
         self.settings = self._declare_and_read_parameters()
+        from kp_perception.nodes.engine_params import declare_engine_parameters  # imports this module
+        self.engine_settings = declare_engine_parameters(self)
         self._warn_unknown_parameters()
         self._threshold = self.settings.score_threshold
         self._frame_id = self.settings.frame_id
@@ -402,7 +404,7 @@ class KeypointNode(Node):
         known = {p.name for p in PARAMETERS} | {"use_sim_time", "start_type_description_service"}
         overrides = getattr(self, "_parameter_overrides", {}) or {}
         for name in sorted(set(overrides) - known):
-            if not name.startswith("qos_overrides."):
+            if not name.startswith("qos_overrides.") and not self.has_parameter(name):
                 self.get_logger().warning(f"unknown parameter '{name}' is ignored (typo?)")
 
     def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
@@ -438,6 +440,7 @@ class KeypointNode(Node):
             providers=s.provider_list,
             expected_kind=self.expected_kind,
             threads=s.threads,
+            engine=self.engine_settings,
         )
 
     # input
