@@ -161,7 +161,8 @@ def keypoint_deviation(float_session: Any, int8_session: Any, input_name: str,
             "n": int(d.size)}
 
 
-def _session(path: str | Path, threads: int = 1):
+def cpu_session(path: str | Path, threads: int = 1):
+    """A CPU onnxruntime session set up as the backend sets it up (denormals as zero), for comparisons."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -236,7 +237,7 @@ def quantize_int8(
                 )
             except Exception as exc:
                 raise QuantizationError(f"{onnx_path}: int8 quantization failed ({_first_line(exc)})") from None
-            deviation = keypoint_deviation(_session(onnx_path), _session(tmp_out), sidecar.input_name, check)
+            deviation = keypoint_deviation(cpu_session(onnx_path), cpu_session(tmp_out), sidecar.input_name, check)
     quantized = sum(1 for n in onnx.load(str(out_path)).graph.node if n.op_type == "QuantizeLinear")
     int8_sidecar = dataclasses.replace(sidecar, precision="int8", extra={**sidecar.extra, "quantization": {
         "tool": "onnxruntime.quantization.quantize_static",
