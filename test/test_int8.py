@@ -26,6 +26,7 @@ from kp_perception_training.quantization import (
 )
 from test.fixtures_bags import smooth_frames, write_bag, write_image_folder
 from test.model_fixtures import make_model
+from test.test_pyramids_training import tiny_config, trained  # noqa: F401  (the fixture: a run that learned)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -172,3 +173,40 @@ def test_cli_int8_bad_input_is_one_line(pyramids, frames_folder, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.timeout(300)
+def test_eval_onnx_scores_the_exported_float_and_int8_models_of_a_trained_run(trained, tmp_path, monkeypatch):  # noqa: F811
+    """A model that learned to follow a square: the exported float32 graph scores as the torch encoder does,
+    and its int8 graph (calibrated on the same kind of frames) stays within a fraction of a pixel of it."""
+    import csv
+
+    import cv2
+
+    from kp_perception_training.export import export_graph_from_checkpoint
+    from kp_perception_training.pyramids.evaluate import evaluate
+
+    method, images, centre_px, _ = trained
+    monkeypatch.setenv("KP_PERCEPTION_CACHE", str(tmp_path / "cache"))
+    seq = tmp_path / "squares"
+    seq.mkdir()
+    for i, img in enumerate(images):
+        frame = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        cv2.imwrite(str(seq / f"{i:04d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    ann = tmp_path / "annotations.csv"
+    with open(ann, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["sequence", "frame", "name", "x", "y", "visible"])
+        for i, (x, y) in enumerate(centre_px):
+            writer.writerow(["squares", i, "square/centre", x, y, 1])
+    checkpoint = {"kind": "pyramids", "config": tiny_config().to_dict(), "encoder": method.encoder.state_dict()}
+    onnx_path = export_graph_from_checkpoint(checkpoint, tmp_path / "m.onnx").onnx_path
+    q = quantize_int8(onnx_path, [seq], frames=32)
+    torch_metrics = evaluate(checkpoint, [str(seq)], str(ann), None, seed=0)
+    fp32 = evaluate(checkpoint, [str(seq)], str(ann), None, seed=0, onnx=onnx_path)
+    int8 = evaluate(checkpoint, [str(seq)], str(ann), None, seed=0, onnx=q.onnx_path)
+    assert fp32["precision"] == "fp32" and int8["precision"] == "int8"
+    for level, value in torch_metrics["rmse_px"].items():
+        assert fp32["rmse_px"][level] == pytest.approx(value, rel=1e-3, abs=1e-3)
+    assert q.deviation_px["median"] < 0.25  # model pixels, frames not used to calibrate
+    assert int8["rmse_px"]["flattened"] == pytest.approx(fp32["rmse_px"]["flattened"], rel=0.10, abs=0.05)
