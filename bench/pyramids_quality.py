@@ -178,6 +178,9 @@ def _table(runs: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def _write(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    int8 = _int8_summary(result["runs"])
+    if int8 is not None:
+        result["int8"] = int8
     tag = f"_{args.tag}" if args.tag else ""
     results = results_dir()
     results.mkdir(parents=True, exist_ok=True)
@@ -275,6 +278,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     result["goal"] = _goal(table)
     return _write(result, args)
+
+
+def _int8_summary(runs: list[dict]) -> dict[str, Any] | None:
+    """Issue 18's int8 goals over the runs that have int8 scores: RMSE within 3 %, median deviation <= 1 px."""
+    int8_runs = [r for r in runs if "int8" in r]
+    if not int8_runs:
+        return None
+    ratios = [r["int8"]["int8_over_fp32"]["flattened"] for r in int8_runs]
+    medians = [r["int8"]["keypoint_deviation_from_fp32_model_px"]["median"] for r in int8_runs]
+    return {
+        "flattened_rmse_int8_over_fp32": {"mean": float(np.mean(ratios)), "max": float(np.max(ratios)),
+                                          "n": len(ratios)},
+        "keypoint_deviation_median_px": {"mean": float(np.mean(medians)), "max": float(np.max(medians))},
+        "goal_rmse_within_3pct": bool(max(abs(r - 1.0) for r in ratios) <= 0.03),
+        "goal_median_deviation_le_1px": bool(max(medians) <= 1.0),
+    }
 
 
 def _int8_scores(run_dir: Path, train_dir: Path, test_dir: Path, seed: int, frames: int,
