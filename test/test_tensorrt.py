@@ -248,6 +248,16 @@ def test_force_engine_update_clears_only_this_precisions_ort_cache(tmp_path):
     assert (fp32 / "old.engine").read_bytes() == b"y"
 
 
+def test_unwritable_ort_cache_folder_is_one_clear_load_error(tmp_path):
+    from kp_perception.backends.onnxruntime_backend import prepare_trt_cache
+
+    blocker = tmp_path / "engines"
+    blocker.write_text("a file where the cache folder's parent should be")
+    settings = EngineSettings(engine_file_path=str(blocker / "arm.engine"))
+    with pytest.raises(ModelLoadError, match="cannot create the TensorRT engine cache folder"):
+        prepare_trt_cache(tmp_path / "model.onnx", settings)
+
+
 def test_onnxruntime_session_is_created_with_the_provider_options(tmp_path):
     """A real session: the options list goes to InferenceSession, one dict per provider that is used."""
     from test.model_fixtures import make_model

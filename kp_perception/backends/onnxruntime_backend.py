@@ -75,9 +75,15 @@ def provider_options(
 def prepare_trt_cache(model_path: str | Path, settings: EngineSettings) -> Path:
     """Create this precision's cache folder; with ``force_engine_update`` empty it first (this precision only)."""
     cache = ort_trt_cache_dir(model_path, settings)
-    if settings.force_engine_update and cache.is_dir():
-        shutil.rmtree(cache)
-    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        if settings.force_engine_update and cache.is_dir():
+            shutil.rmtree(cache)
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"{cache}: cannot create the TensorRT engine cache folder ({exc.strerror or exc}); "
+            "set engine_file_path to a writable place"
+        ) from None
     return cache
 
 
