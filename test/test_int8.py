@@ -210,3 +210,42 @@ def test_eval_onnx_scores_the_exported_float_and_int8_models_of_a_trained_run(tr
         assert fp32["rmse_px"][level] == pytest.approx(value, rel=1e-3, abs=1e-3)
     assert q.deviation_px["median"] < 0.25  # model pixels, frames not used to calibrate
     assert int8["rmse_px"]["flattened"] == pytest.approx(fp32["rmse_px"]["flattened"], rel=0.10, abs=0.05)
+
+
+@pytest.mark.timeout(120)
+def test_pyramids_node_serves_the_int8_model_like_the_float_one(quantized, pyramids):
+    """A real pyramids_node process on the int8 model: hierarchies come out, keypoints near the float32 model's."""
+    pytest.importorskip("rclpy")
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    from kp_perception_msgs.msg import KeypointPyramid
+    from test.test_nodes import (
+        H,
+        NodeProcess,
+        Peer,
+        W,
+        check_pyramid,
+        make_frame,
+        publish_until,
+        raw_msg,
+        wait_for,
+    )
+
+    peer = Peer()
+    node = NodeProcess("pyramids", quantized.onnx_path, "int8_node")
+    try:
+        received = peer.collect(KeypointPyramid, f"{node.ns}/keypoints")
+        pub = peer.node.create_publisher(Image, node.image_topic, qos_profile_sensor_data)
+        wait_for(lambda: pub.get_subscription_count() > 0, 30, "the node's image subscription", node)
+        sent = publish_until(peer, pub, raw_msg, lambda: len(received) >= 3, node)
+        float_backend = load_backend(pyramids)
+        for msg in list(received):
+            check_pyramid(msg)
+            expected = float_backend.infer(make_frame(sent[(msg.header.stamp.sec, msg.header.stamp.nanosec)])).xy
+            got = np.array([[k.x, k.y] for k in msg.keypoints])
+            assert got.shape == expected.shape == (sum(msg.level_sizes), 2) and (msg.image_width, msg.image_height) == (W, H)
+            assert np.median(np.linalg.norm(got - expected, axis=1)) < 1.0
+    finally:
+        assert node.stop() == 0, node.stderr()
+        peer.close()
