@@ -108,6 +108,14 @@ def test_onnxruntime_runs_the_int8_model_with_integer_convs_close_to_fp32(quanti
     assert quantized.deviation_px["median"] < 1.0
 
 
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_every_calibration_method_quantizes_quietly_and_is_recorded(pyramids, frames_folder, tmp_path, capsys, method):
+    result = quantize_int8(pyramids, [frames_folder], tmp_path / f"m.{method}.onnx", frames=4, method=method)
+    assert result.sidecar.extra["quantization"]["calibration_method"] == method
+    assert result.deviation_px["median"] < 1.0
+    assert capsys.readouterr().out == ""  # the export CLI's stdout is its JSON summary
+
+
 def test_keypoint_deviation_is_zero_for_the_same_graph_and_measures_a_shift(pyramids):
     session = ort.InferenceSession(str(pyramids), providers=["CPUExecutionProvider"])
 

@@ -29,7 +29,9 @@ Choices, written down:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import logging
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -229,12 +231,13 @@ def quantize_int8(
         excluded = float_islands(model) if keep_float is None else list(keep_float)
         with atomic_path(out_path, suffix=".tmp.onnx") as tmp_out:
             try:
-                quantize_static(
-                    str(prepared), str(tmp_out), _Frames(sidecar.input_name, calib),
-                    quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"], per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=excluded, calibrate_method=methods[method],
-                )
+                with contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress to stdout
+                    quantize_static(
+                        str(prepared), str(tmp_out), _Frames(sidecar.input_name, calib),
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"], per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=excluded, calibrate_method=methods[method],
+                    )
             except Exception as exc:
                 raise QuantizationError(f"{onnx_path}: int8 quantization failed ({_first_line(exc)})") from None
             deviation = keypoint_deviation(cpu_session(onnx_path), cpu_session(tmp_out), sidecar.input_name, check)
