@@ -27,6 +27,13 @@ Drops are frames sent but never answered. Node CPU (% of one core) and RSS
 come from /proc/<pid>. ``--soak-minutes M`` adds an M-minute 30 Hz run with
 RSS sampled every 10 s (memory flat check).
 
+``--int8`` (issue 18): the model is also quantized to int8 (``kp-perception
+export --int8``'s code, calibrated on ``--calibration`` frames), and the pure
+inference and the node runs are repeated with it right after the float32
+ones (``inference_int8``, ``node_int8``), so the two are side by side in one
+run; ``int8_over_fp32`` holds the p50 ratios. Issue 18's goal: the paper-size
+encoder int8 at p50 <= 15 ms and p99 <= 30 ms at 30 Hz.
+
 Goals (issue 7; 2-core CPU, onnxruntime, 128×128 Keypoint Pyramids model):
 node p50 <= 15 ms and p99 <= 30 ms at 30 Hz; p50(node) <= p50(pass-through)
 + p50(inference) + 2 ms; 60 Hz p99 <= 2 × 30 Hz p99, with drops and no
@@ -77,6 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="also run a 30 Hz soak this long")
     parser.add_argument("--no-geometry", action="store_true",
                         help="skip the node_3d runs (camera_info + depth + metric observation)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also measure the int8 model (static QDQ, calibrated on --calibration) side by side")
+    parser.add_argument("--calibration", nargs="+", metavar="DATA",
+                        help="frames for --int8 calibration: bags, videos or image folders (e.g. the training data)")
+    parser.add_argument("--calibration-frames", type=int, default=32)
     parser.add_argument("--role", default="bench", choices=["bench", "publisher", "passthrough"],
                         help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=30.0, help=argparse.SUPPRESS)
@@ -96,18 +108,26 @@ def run(args: argparse.Namespace) -> dict:
         model = Path(args.model) if args.model else _build_model(Path(tmp), args.image_size, args.architecture)
         if not model.exists():
             raise KpPerceptionError(f"model file {model} does not exist")
-        return _bench(args, model)
+        int8_model = None
+        if args.int8:
+            if not args.calibration:
+                raise KpPerceptionError("--int8 needs --calibration DATA (frames to calibrate the int8 model on)")
+            from kp_perception_training.quantization import quantize_int8
+
+            int8_model = quantize_int8(model, args.calibration, Path(tmp) / f"{model.stem}.int8.onnx",
+                                       frames=args.calibration_frames).onnx_path
+        return _bench(args, model, int8_model)
 
 
 # --- the orchestrating run ------------------------------------------------------------------------
 
 
-def _bench(args: argparse.Namespace, model: Path) -> dict:
+def _bench(args: argparse.Namespace, model: Path, int8_model: Path | None = None) -> dict:
     from tqdm import tqdm
 
     from kp_perception.backends import load_backend
 
-    per_rate = 2 if args.no_geometry else 3
+    per_rate = (2 if args.no_geometry else 3) + (1 if int8_model else 0)
     steps = 1 + per_rate * len(args.rates) + (1 if args.soak_minutes > 0 else 0)
     bar = tqdm(total=steps, desc="bench node", file=sys.stderr)
     backend = load_backend(model, expected_kind="pyramids", threads=args.node_threads)
@@ -122,11 +142,19 @@ def _bench(args: argparse.Namespace, model: Path) -> dict:
     }
     out["inference"] = _inference(backend, args.inference_iterations)
     del backend
+    if int8_model is not None:
+        backend = load_backend(int8_model, expected_kind="pyramids", threads=args.node_threads)
+        out["int8_model"] = {"precision": backend.sidecar.precision,
+                             "quantization": backend.sidecar.extra.get("quantization", {})}
+        out["inference_int8"] = _inference(backend, args.inference_iterations)
+        del backend
     bar.update()
 
     peer = _Receiver()
     try:
         out["passthrough"], out["node"] = {}, {}
+        if int8_model is not None:
+            out["node_int8"] = {}
         if not args.no_geometry:
             out["node_3d"] = {}
         for rate in args.rates:
@@ -136,6 +164,10 @@ def _bench(args: argparse.Namespace, model: Path) -> dict:
             out["node"][key] = _measure(peer, "node", model, rate, args.seconds, args.warmup,
                                         threads=args.node_threads)
             bar.update()
+            if int8_model is not None:
+                out["node_int8"][key] = _measure(peer, "node", int8_model, rate, args.seconds, args.warmup,
+                                                 threads=args.node_threads)
+                bar.update()
             if not args.no_geometry:
                 out["node_3d"][key] = _measure(peer, "node_3d", model, rate, args.seconds, args.warmup,
                                                threads=args.node_threads)
@@ -147,6 +179,7 @@ def _bench(args: argparse.Namespace, model: Path) -> dict:
     finally:
         peer.close()
         bar.close()
+    out["load_average_at_end"] = list(os.getloadavg())
     out["goals"] = _goals(out, args.rates)
     return out
 
@@ -165,6 +198,15 @@ def _goals(out: dict, rates: list[float]) -> dict:
             n60 = node["60hz"]
             goals["p99_60hz_le_2x_p99_30hz"] = n60["latency_ms"]["p99"] <= 2.0 * n30["p99"]
             goals["60hz_latency_not_growing"] = n60["latency_trend_ms"] <= 5.0
+    if "inference_int8" in out:
+        ratios = {"inference_p50": out["inference_int8"]["latency_ms"]["p50"] / inference["latency_ms"]["p50"]}
+        for key, run in out.get("node_int8", {}).items():
+            ratios[f"node_p50_{key}"] = run["latency_ms"]["p50"] / node[key]["latency_ms"]["p50"]
+        out["int8_over_fp32"] = ratios
+    if "30hz" in out.get("node_int8", {}):
+        i30 = out["node_int8"]["30hz"]["latency_ms"]
+        goals["int8_p50_le_15ms_at_30hz"] = i30["p50"] <= 15.0
+        goals["int8_p99_le_30ms_at_30hz"] = i30["p99"] <= 30.0
     if "30hz" in out.get("node_3d", {}):
         g30 = out["node_3d"]["30hz"]["latency_ms"]
         goals["p50_le_15ms_at_30hz_with_camera_info_and_depth"] = g30["p50"] <= 15.0

@@ -20,6 +20,12 @@ preset documented in training/pyramids/config.py, lr 1e-3 for every method, 600 
 ``--paper``: 128×128, 450 episodes (360 train, 90 test),
 the paper's model sizes and Adam 1e-4, on a GPU (set --steps to what the GPU budget allows).
 The wall-clock time actually used is part of the JSON.
+
+``--int8`` (issue 18): every run is also exported (``kp-perception export
+--int8``, calibrated on frames of the train set) and the float32 and int8
+ONNX models are scored by ``kp-perception eval --onnx`` on the same test set
+and split; the JSON holds both RMSEs, the int8/fp32 ratios and the keypoint
+deviation int8 vs float32 on test frames (model-input pixels).
 """
 
 from __future__ import annotations
@@ -90,6 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", type=Path, default=work_dir("bench_pyramids"),
                         help="data, runs and caches go here; existing data and finished runs are reused")
     parser.add_argument("--paper", action="store_true", help="paper setting: 128x128, 450 episodes, paper model, lr 1e-4 (GPU)")
+    parser.add_argument("--architecture", choices=("cpu", "paper"), default=None,
+                        help="model widths: 'cpu' = the CPU preset (default), 'paper' = the paper's widths "
+                        "(training/pyramids/config.py defaults) with the CPU setting otherwise; --paper implies paper")
     parser.add_argument("--size", type=int, help="image size (default 64, --paper 128)")
     parser.add_argument("--episodes", type=int, help="train episodes (default 40, --paper 360)")
     parser.add_argument("--test-episodes", type=int, help="test episodes (default 20, --paper 90)")
@@ -108,6 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/results.md")
     parser.add_argument("--tag", default="", help="suffix of the result files, e.g. ablation_no_spring "
                         "(bench/results/pyramids_quality_<tag>.json)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also export every run to int8 (calibrated on the train set) and score it beside float32")
+    parser.add_argument("--int8-calibration-frames", type=int, default=64)
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="no training: combine the runs of earlier result JSONs (e.g. one process per method)")
 
@@ -166,6 +178,9 @@ def _table(runs: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def _write(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    int8 = _int8_summary(result["runs"])
+    if int8 is not None:
+        result["int8"] = int8
     tag = f"_{args.tag}" if args.tag else ""
     results = results_dir()
     results.mkdir(parents=True, exist_ok=True)
@@ -212,7 +227,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     common = [f"data.image_size={size}", f"model.finest_stride={finest_stride}", f"optim.lr={lr}",
               f"train.batch_size={args.batch_size}",
               "train.num_workers=0", f"train.checkpoint_every={max(steps, 1)}", f"train.image_every={max(steps, 1)}"]
-    presets = {} if args.paper else {kind: preset_for(kind) for kind, _ in METHODS.values()}
+    paper_widths = args.paper or args.architecture == "paper"
+    presets = {} if paper_widths else {kind: preset_for(kind) for kind, _ in METHODS.values()}
     runs: list[dict[str, Any]] = []
     for name in names:
         kind, sizes = METHODS[name]
@@ -243,13 +259,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "images_per_second": train_summary.get("images_per_second"),
                 "train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.monotonic() - t1, 1),
             })
+            if args.int8:
+                runs[-1]["int8"] = _int8_scores(run_dir, train_dir, test_dir, seed, args.int8_calibration_frames,
+                                                metrics["rmse_px"], env, log)
             print(f"{name} seed {seed}: {metrics['rmse_px']}", file=sys.stderr)
 
     table = _table(runs)
     result: dict[str, Any] = {
         "setting": {"size": size, "train_episodes": episodes, "test_episodes": test_episodes, "frames": args.frames,
                     "steps": steps, "batch_size": args.batch_size, "lr": lr, "seeds": args.seeds,
-                    "paper": bool(args.paper), "cpu_preset": None if args.paper else CPU_PRESET,
+                    "paper": bool(args.paper), "cpu_preset": None if paper_widths else CPU_PRESET,
                     "finest_stride": finest_stride,
                     "threads": args.threads, "extra_overrides": args.set},
         "table_rmse_px": table,
@@ -259,6 +278,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     result["goal"] = _goal(table)
     return _write(result, args)
+
+
+def _int8_summary(runs: list[dict]) -> dict[str, Any] | None:
+    """Issue 18's int8 goals over the runs that have int8 scores: RMSE within 3 %, median deviation <= 1 px."""
+    int8_runs = [r for r in runs if "int8" in r]
+    if not int8_runs:
+        return None
+    ratios = [r["int8"]["int8_over_fp32"]["flattened"] for r in int8_runs]
+    medians = [r["int8"]["keypoint_deviation_from_fp32_model_px"]["median"] for r in int8_runs]
+    return {
+        "flattened_rmse_int8_over_fp32": {"mean": float(np.mean(ratios)), "max": float(np.max(ratios)),
+                                          "n": len(ratios)},
+        "keypoint_deviation_median_px": {"mean": float(np.mean(medians)), "max": float(np.max(medians))},
+        "goal_rmse_within_3pct": bool(max(abs(r - 1.0) for r in ratios) <= 0.03),
+        "goal_median_deviation_le_1px": bool(max(medians) <= 1.0),
+    }
+
+
+def _int8_scores(run_dir: Path, train_dir: Path, test_dir: Path, seed: int, frames: int,
+                 torch_rmse: dict[str, float], env: dict, log: Path) -> dict[str, Any]:
+    """Export the run to float32 + int8 ONNX, score both with ``eval --onnx``, compare keypoints on test frames."""
+    from kp_perception.sidecar import read_sidecar, sidecar_path
+    from kp_perception_training.quantization import cpu_session, int8_path, keypoint_deviation, sample_frames
+
+    onnx = run_dir / "export" / "model.onnx"
+    _cli(["export", str(run_dir), "--onnx", str(onnx), "--checkpoint", "last", "--int8", "--calibration",
+          str(train_dir), "--calibration-frames", str(frames)], env, log)
+    rmse = {}
+    for label, model in (("onnx_fp32", onnx), ("int8", int8_path(onnx))):
+        out = run_dir / f"landmarks_test_{label}.json"
+        _cli(["eval", str(run_dir), "--data", str(test_dir), "--annotations", str(test_dir / "annotations.csv"),
+              "--checkpoint", "last", "--seed", str(seed), "--onnx", str(model), "--json", str(out)], env, log)
+        rmse[label] = json.loads(out.read_text())["rmse_px"]
+    side = read_sidecar(sidecar_path(onnx))
+    test_frames = sample_frames([test_dir], side.input_width, side.input_height, 128)
+    deviation = keypoint_deviation(cpu_session(onnx), cpu_session(int8_path(onnx)), side.input_name, test_frames)
+    return {
+        "rmse_px": rmse["int8"],
+        "rmse_px_onnx_fp32": rmse["onnx_fp32"],
+        "int8_over_fp32": {k: rmse["int8"][k] / rmse["onnx_fp32"][k] for k in rmse["int8"]},
+        "int8_over_torch": {k: rmse["int8"][k] / torch_rmse[k] for k in rmse["int8"] if k in torch_rmse},
+        "keypoint_deviation_from_fp32_model_px": {**deviation, "test_frames": len(test_frames)},
+        "quantization": read_sidecar(sidecar_path(int8_path(onnx))).extra.get("quantization", {}),
+    }
 
 
 def _goal(table: dict) -> dict[str, Any]:
@@ -312,6 +375,12 @@ def _markdown(result: dict) -> str:
     ref = [r["rmse_px_intercept_only"] for r in result["runs"] if r.get("rmse_px_intercept_only") is not None]
     if ref:
         lines.append(f"| no keypoints (intercept only, reference) | — | — | {np.mean(ref):.2f} |")
+    if result.get("int8"):
+        q = result["int8"]
+        lines += ["", f"int8 (ONNX Runtime static QDQ, calibrated on the train set, scored by `eval --onnx` on the "
+                  f"same test split): flattened RMSE int8 / float32 ONNX = {q['flattened_rmse_int8_over_fp32']['mean']:.4f} "
+                  f"(max {q['flattened_rmse_int8_over_fp32']['max']:.4f}); median keypoint deviation from float32 "
+                  f"{q['keypoint_deviation_median_px']['mean']:.3f} px (model input)."]
     g = result["goal"]
     w = result["wall_clock_seconds"]
     lines += ["", f"Wall clock: {w['total'] / 60:.1f} min in all ({w['simulation'] / 60:.1f} min simulation, "

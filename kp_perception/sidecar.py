@@ -34,6 +34,7 @@ from kp_perception.kinds import KIND_NAMES, PYRAMID_KINDS
 
 FORMAT = "kp_perception.sidecar"
 FORMAT_VERSION = 1
+PRECISIONS = ("fp32", "int8")  # of an exported ONNX graph (fp16 exists only inside TensorRT engines)
 HIERARCHY_KINDS = PYRAMID_KINDS  # kinds whose graph returns a keypoint hierarchy
 KINDS = KIND_NAMES
 INPUT_NAME = "image"
@@ -68,6 +69,7 @@ class Sidecar:
     project_version: str = ""
     opset: int = 0
     dynamic_batch: bool = False
+    precision: str = "fp32"  # of the graph's weights/activations: "fp32", or "int8" (QDQ, kp-perception export --int8)
     colour_order: str = "RGB"
     dtype: str = "uint8"
     layout: str = "NHWC"
@@ -221,7 +223,9 @@ def read_sidecar(path: str | Path, expected_kind: str | None = None) -> Sidecar:
             project_version=str(data.get("project_version", "")),
             opset=int(data.get("opset", 0)),
             dynamic_batch=bool(data.get("dynamic_batch", False)),
+            precision=str(data.get("precision", "fp32")),
             normalisation=str(data.get("normalisation", NORMALISATION)),
+            extra=dict(data.get("extra") or {}),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"{path}: sidecar field missing or malformed ({type(exc).__name__}: {exc})") from None
@@ -253,6 +257,8 @@ def _spec_from_dict(data: dict[str, Any]) -> TensorSpec:
 
 def _validate(path: Path, sidecar: Sidecar) -> None:
     """Cross-check the fields against the graph contract for the sidecar's kind."""
+    if sidecar.precision not in PRECISIONS:
+        raise ModelLoadError(f"{path}: sidecar precision is {sidecar.precision!r}, expected one of {', '.join(PRECISIONS)}")
     if sidecar.input_width <= 0 or sidecar.input_height <= 0:
         raise ModelLoadError(
             f"{path}: input size {sidecar.input_width}x{sidecar.input_height}, expected positive"

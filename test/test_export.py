@@ -44,6 +44,7 @@ def test_pyramids_sidecar_describes_graph_hierarchy_config_and_version(models):
     encoder = build_encoder("pyramids", checkpoint["config"]["model"])
     assert (side.input_width, side.input_height) == (64, 64)
     assert (side.colour_order, side.dtype, side.layout) == ("RGB", "uint8", "NHWC")
+    assert side.precision == "fp32"  # the int8 graph (export --int8) says "int8"
     assert side.level_sizes == encoder.level_sizes
     assert side.parents == encoder.parents
     assert side.levels == tuple(lvl for lvl, n in enumerate(encoder.level_sizes) for _ in range(n))

@@ -474,14 +474,15 @@ def test_launch_files_compile_and_params_files_hold_exactly_the_declared_paramet
     import yaml
 
     from kp_perception.nodes.base import PARAMETERS
+    from kp_perception.nodes.engine_params import ENGINE_PARAMETERS
 
     for name in ("pyramids", "tusk", "record"):
         path = REPO / "launch" / f"{name}.launch.py"
         compile(path.read_text(), str(path), "exec")  # runs where launch is installed; here: at least valid
     for node in ("pyramids", "tusk"):
         params = yaml.safe_load((REPO / "config" / f"{node}.yaml").read_text())["/**"]["ros__parameters"]
-        assert set(params) == {p.name for p in PARAMETERS}
-        for spec in PARAMETERS:  # same types as declared, or the node would refuse to start
+        assert set(params) == {p.name for p in PARAMETERS + ENGINE_PARAMETERS}
+        for spec in PARAMETERS + ENGINE_PARAMETERS:  # same types as declared, or the node would refuse to start
             assert type(params[spec.name]) is type(spec.default), spec.name
 
 

@@ -117,11 +117,12 @@ def export_checkpoint(
         source=checkpoint_path, progress=progress,
     )
     if engine_path is not None:
+        from kp_perception.backends.engine_settings import EngineSettings
         from kp_perception.backends.tensorrt_backend import build_engine_for_onnx
 
-        build_engine_for_onnx(result.onnx_path, Path(engine_path), fp16=fp16)
-        write_sidecar(sidecar_path(engine_path), result.sidecar)
-        result = ExportResult(**{**result.__dict__, "engine_path": Path(engine_path)})
+        built = build_engine_for_onnx(result.onnx_path, EngineSettings(engine_file_path=str(engine_path), fp16=fp16))
+        write_sidecar(sidecar_path(built), result.sidecar)
+        result = ExportResult(**{**result.__dict__, "engine_path": built})
     return result
 
 

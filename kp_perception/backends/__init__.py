@@ -15,6 +15,7 @@ from kp_perception.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from kp_perception.backends.base import Backend
+    from kp_perception.backends.engine_settings import EngineSettings
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 _BY_SUFFIX = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".pt": "torch"}
@@ -41,7 +42,7 @@ def load_backend(
     providers: list[str] | None = None,
     expected_kind: str | None = None,
     threads: int = 0,
-    fp16: bool = False,
+    engine: EngineSettings | None = None,
 ) -> Backend:
     """Load ``model_path`` with the chosen backend; every load problem is a ``ModelLoadError``.
 
@@ -50,17 +51,20 @@ def load_backend(
         providers: onnxruntime execution providers (default: TensorRT/CUDA EPs when present, then CPU).
         expected_kind: "pyramids" (any of pyramids/keynet/transporter) or "tusk".
         threads: CPU threads for onnxruntime/torch (0 = library default).
-        fp16: tensorrt only, build the engine with FP16 enabled.
+        engine: GPU engine settings (engine file, fp16, forced rebuild, workspace) for the tensorrt
+            backend and onnxruntime's TensorRT / CUDA providers; None = the defaults (fp32).
     """
     name = backend_for(model_path, backend)
     if name == "onnxruntime":
         from kp_perception.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(model_path, providers=providers, expected_kind=expected_kind, threads=threads)
+        return OnnxRuntimeBackend(
+            model_path, providers=providers, expected_kind=expected_kind, threads=threads, engine=engine
+        )
     if name == "tensorrt":
         from kp_perception.backends.tensorrt_backend import TensorRTBackend
 
-        return TensorRTBackend(model_path, expected_kind=expected_kind, fp16=fp16)
+        return TensorRTBackend(model_path, expected_kind=expected_kind, engine=engine)
     from kp_perception.backends.torch_backend import TorchBackend
 
     return TorchBackend(model_path, expected_kind=expected_kind, threads=threads or None)

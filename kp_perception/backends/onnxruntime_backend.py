@@ -1,5 +1,12 @@
 """ONNX Runtime backend: the default, runs anywhere; CUDA / TensorRT execution providers when present.
 
+The GPU providers get their options from the one ``EngineSettings``
+(:func:`provider_options`): the TensorRT provider caches its engines on disk
+(in a folder per precision, so fp16 and fp32 engines never mix) instead of
+rebuilding them at every start. A GPU robot installs ``onnxruntime-gpu``
+*instead of* ``onnxruntime`` (docs/robot_guide.md); the CPU package has neither
+provider, and then the options are simply not used.
+
 At load time the session's inputs and outputs are checked against the sidecar
 (names, shapes, dtypes), so a model/sidecar mismatch is one clear
 ``ModelLoadError`` naming expected and found, never a shape error mid-stream.
@@ -7,11 +14,14 @@ At load time the session's inputs and outputs are checked against the sidecar
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from kp_perception.backends.base import Backend
+from kp_perception.backends.engine_settings import EngineSettings, ort_trt_cache_dir
 from kp_perception.errors import ModelLoadError
 from kp_perception.sidecar import Sidecar, TensorSpec, read_sidecar, sidecar_path
 
@@ -26,6 +36,55 @@ _ORT_TYPES = {
     "tensor(int32)": "int32",
     "tensor(int64)": "int64",
 }
+
+
+def provider_options(
+    providers: list[str], model_path: str | Path, settings: EngineSettings, device_id: int = 0
+) -> list[dict[str, Any]]:
+    """One options dict per provider, in order, for ``InferenceSession(providers=..., provider_options=...)``.
+
+    TensorRT provider: precision, engine cache on (folder :func:`ort_trt_cache_dir`, which names the
+    precision), timing cache beside it, workspace. CUDA provider: device, exhaustive cuDNN conv search
+    with its workspace allowed; it has no precision or engine cache of its own (it runs the graph's
+    float32). Every other provider: no options. Values are strings, as ONNX Runtime parses them.
+    """
+    cache = ort_trt_cache_dir(model_path, settings)
+    out: list[dict[str, Any]] = []
+    for name in providers:
+        if name == "TensorrtExecutionProvider":
+            out.append({
+                "device_id": str(device_id),
+                "trt_fp16_enable": "True" if settings.fp16 else "False",
+                "trt_engine_cache_enable": "True",
+                "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": "True",
+                "trt_timing_cache_path": str(cache),
+                "trt_max_workspace_size": str(int(settings.workspace_size)),
+            })
+        elif name == "CUDAExecutionProvider":
+            out.append({
+                "device_id": str(device_id),
+                "cudnn_conv_algo_search": "EXHAUSTIVE",
+                "cudnn_conv_use_max_workspace": "1",
+            })
+        else:
+            out.append({})
+    return out
+
+
+def prepare_trt_cache(model_path: str | Path, settings: EngineSettings) -> Path:
+    """Create this precision's cache folder; with ``force_engine_update`` empty it first (this precision only)."""
+    cache = ort_trt_cache_dir(model_path, settings)
+    try:
+        if settings.force_engine_update and cache.is_dir():
+            shutil.rmtree(cache)
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"{cache}: cannot create the TensorRT engine cache folder ({exc.strerror or exc}); "
+            "set engine_file_path to a writable place"
+        ) from None
+    return cache
 
 
 def default_providers() -> list[str]:
@@ -44,6 +103,7 @@ class OnnxRuntimeBackend(Backend):
         providers: execution providers in priority order; default :func:`default_providers`.
         expected_kind: "pyramids" (any hierarchy kind) or "tusk"; a mismatch is a ``ModelLoadError``.
         threads: intra-op threads (0 = onnxruntime's default, one per core).
+        engine: GPU engine settings passed to the TensorRT / CUDA providers (:func:`provider_options`).
     """
 
     name = "onnxruntime"
@@ -54,6 +114,7 @@ class OnnxRuntimeBackend(Backend):
         providers: list[str] | None = None,
         expected_kind: str | None = None,
         threads: int = 0,
+        engine: EngineSettings | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -70,8 +131,14 @@ class OnnxRuntimeBackend(Backend):
         # treating them as zero changes nothing measurable (they are < 1.2e-38).
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
         self.providers = list(providers) if providers else default_providers()
+        settings = engine or EngineSettings()
+        self.provider_options = provider_options(self.providers, model_path, settings)
+        if "TensorrtExecutionProvider" in self.providers:
+            prepare_trt_cache(model_path, settings)
         try:
-            self.session = ort.InferenceSession(str(model_path), options, providers=self.providers)
+            self.session = ort.InferenceSession(
+                str(model_path), options, providers=self.providers, provider_options=self.provider_options
+            )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"{model_path}: not a loadable ONNX model ({reason})") from None

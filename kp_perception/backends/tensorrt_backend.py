@@ -2,16 +2,21 @@
 
 NOTE: no part of this file that touches tensorrt or pycuda has run on a GPU yet
 (there is none on the development machines); see ``docs/tensorrt.md``. The
-parts that decide *what* to do — the cache key, whether a cached engine is
-stale, and whether the engine's bindings match the sidecar — are pure
-functions, tested without tensorrt installed.
+parts that decide *what* to do — which engine file, the cache key, whether a
+cached engine is stale, whether an existing engine may be overwritten, and
+whether the engine's bindings match the sidecar — are pure functions, tested
+without tensorrt installed.
 
-Engine cache: the engine ``model.engine`` sits next to a metadata file
-``model.engine.meta.json`` holding its :class:`EngineKey` (sha256 of the ONNX
-file, ``tensorrt.__version__``, the GPU name, fp16). An engine whose key does
-not match the current one (other GPU, other TensorRT, changed ONNX, other
-precision) is rebuilt from the ONNX with a log line, never loaded, because a
-foreign engine either fails to deserialise or silently runs a stale graph.
+Engine files name their precision: for ``model.onnx`` the engines are
+``model.fp32.engine`` and ``model.fp16.engine`` (or the ``engine_file_path``
+given), each with a key file ``<engine>.meta.json`` holding its
+:class:`EngineKey` (sha256 of the ONNX file, ``tensorrt.__version__``, the GPU
+name, the precision). An engine whose key does not match the current one
+(other GPU, other TensorRT, changed ONNX) is rebuilt from the ONNX with a log
+line, never loaded, because a foreign engine either fails to deserialise or
+silently runs a stale graph. An engine of the *other* precision is never
+rebuilt over: the wanted precision goes to its own file beside it
+(:func:`plan_engine`), and :func:`build_engine` refuses to overwrite it.
 
 tensorrt and pycuda are imported inside functions only.
 """
@@ -28,13 +33,21 @@ import numpy as np
 
 from kp_perception.atomic import atomic_write_bytes
 from kp_perception.backends.base import Backend
+from kp_perception.backends.engine_settings import (
+    DEFAULT_WORKSPACE_BYTES,
+    EngineSettings,
+    precision_tag,
+    strip_precision,
+    with_precision,
+)
 from kp_perception.errors import ModelLoadError
 from kp_perception.sidecar import Sidecar, read_sidecar, sidecar_path
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WORKSPACE_BYTES = 1 << 30
+__all__ = ["DEFAULT_WORKSPACE_BYTES", "EngineKey", "EnginePlan", "TensorRTBackend", "plan_engine"]
 MAX_DYNAMIC_BATCH = 8
+ENGINE_SUFFIXES = (".engine", ".plan")
 
 
 # ---------------------------------------------------------------- pure parts (tested without a GPU)
@@ -47,7 +60,7 @@ class EngineKey:
     onnx_sha256: str
     tensorrt_version: str
     gpu_name: str
-    fp16: bool
+    precision: str  # "fp32" | "fp16"
 
     @property
     def digest(self) -> str:
@@ -86,14 +99,14 @@ def stale_reason(engine_path: str | Path, expected: EngineKey) -> str | None:
         return f"no engine at {engine_path}"
     meta = meta_path(engine_path)
     try:
-        found = EngineKey(**json.loads(meta.read_text(encoding="utf-8")))
+        found = _key_from_json(meta.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return f"no key file {meta.name} next to the engine"
     except (OSError, ValueError, TypeError) as exc:
         return f"unreadable key file {meta.name} ({exc})"
     diffs = [
         f"{field} {getattr(found, field)!r} -> {getattr(expected, field)!r}"
-        for field in ("onnx_sha256", "tensorrt_version", "gpu_name", "fp16")
+        for field in ("onnx_sha256", "tensorrt_version", "gpu_name", "precision")
         if getattr(found, field) != getattr(expected, field)
     ]
     return "built for another setup: " + ", ".join(diffs) if diffs else None
@@ -101,6 +114,94 @@ def stale_reason(engine_path: str | Path, expected: EngineKey) -> str | None:
 
 def write_meta(engine_path: str | Path, key: EngineKey) -> None:
     atomic_write_bytes(meta_path(engine_path), (json.dumps(asdict(key), indent=2) + "\n").encode("utf-8"))
+
+
+def _key_from_json(text: str) -> EngineKey:
+    """An EngineKey from its key file; key files written before precision existed say ``"fp16": bool``."""
+    data = json.loads(text)
+    if isinstance(data, dict) and "precision" not in data and isinstance(data.get("fp16"), bool):
+        data["precision"] = "fp16" if data.pop("fp16") else "fp32"
+    return EngineKey(**data)
+
+
+def read_key(engine_path: str | Path) -> EngineKey | None:
+    """The key recorded beside an engine, or None when there is none (or it cannot be read)."""
+    try:
+        return _key_from_json(meta_path(engine_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """Which engine a load uses: built from ``onnx_path`` (None: no ONNX to rebuild from) at ``engine_path``.
+
+    ``note`` is a line for the log when the plan differs from what was asked (another precision's
+    engine was found and left alone).
+    """
+
+    onnx_path: Path | None
+    engine_path: Path
+    precision: str
+    note: str = ""
+
+
+def onnx_for_engine(engine_path: str | Path) -> Path:
+    """The ONNX an engine is built from: ``model.fp16.engine`` and ``model.engine`` -> ``model.onnx``."""
+    return strip_precision(engine_path).with_suffix(".onnx")
+
+
+def plan_engine(model_path: str | Path, settings: EngineSettings) -> EnginePlan:
+    """Decide, from file names and key files only, which engine file serves ``model_path`` at ``settings``.
+
+    - ``model.onnx`` with no ``engine_file_path``: ``model.<precision>.engine``.
+    - an explicit engine (``engine_file_path``, or ``model_path`` itself a ``.engine``/``.plan``):
+      that file, unless its key records the other precision: then the same name with the wanted
+      precision (``model.fp16.engine`` beside an fp32 ``model.engine``), which is left untouched.
+    - an engine whose *name* states the other precision is a contradiction: ``ModelLoadError``.
+    - no ONNX to build from and an engine of the other precision: ``ModelLoadError``.
+    """
+    model_path = Path(model_path)
+    precision = settings.precision
+    if model_path.suffix.lower() == ".onnx":
+        onnx_path: Path | None = model_path
+        wanted = Path(settings.engine_file_path) if settings.engine_file_path else with_precision(
+            model_path.with_suffix(".engine"), precision)
+    else:
+        wanted = Path(settings.engine_file_path) if settings.engine_file_path else model_path
+        onnx_path = onnx_for_engine(wanted)
+        if not onnx_path.is_file():
+            onnx_path = onnx_for_engine(model_path) if onnx_for_engine(model_path).is_file() else None
+    if onnx_path is not None and not onnx_path.is_file():
+        onnx_path = None
+    named = precision_tag(wanted)
+    if named is not None and named != precision:
+        raise ModelLoadError(
+            f"{wanted}: the engine file name says {named}, but enable_fp16 is {settings.fp16} ({precision}); "
+            f"set enable_fp16 to match or name another engine_file_path"
+        )
+    recorded = read_key(wanted)
+    if recorded is None or recorded.precision == precision:
+        return EnginePlan(onnx_path, wanted, precision)
+    if onnx_path is None:
+        raise ModelLoadError(
+            f"{wanted}: this engine was built for {recorded.precision}, enable_fp16 asks for {precision}, and "
+            f"there is no ONNX beside it to build a {precision} engine from"
+        )
+    other = with_precision(wanted, precision)
+    note = (f"{wanted} holds a {recorded.precision} engine and {precision} was asked for: "
+            f"using {other.name} instead ({wanted.name} is left as it is)")
+    return EnginePlan(onnx_path, other, precision, note)
+
+
+def check_overwrite(engine_path: str | Path, key: EngineKey) -> None:
+    """Refuse to replace an engine of another precision: that would silently change what a user runs."""
+    recorded = read_key(engine_path)
+    if Path(engine_path).exists() and recorded is not None and recorded.precision != key.precision:
+        raise ModelLoadError(
+            f"{engine_path}: refusing to overwrite a {recorded.precision} engine with a {key.precision} one; "
+            f"build into {with_precision(engine_path, key.precision)} (the default name) instead"
+        )
 
 
 def validate_bindings(source: str | Path, bindings: list[Binding], sidecar: Sidecar) -> None:
@@ -165,11 +266,11 @@ def require_tensorrt_gpu() -> None:
     _cuda_driver()
 
 
-def current_key(onnx_path: str | Path, fp16: bool, device: int = 0) -> EngineKey:
+def current_key(onnx_path: str | Path, precision: str, device: int = 0) -> EngineKey:
     """The key an engine for ``onnx_path`` must have on this machine (imports tensorrt and pycuda)."""
     trt = _import_tensorrt()
     cuda = _cuda_driver()
-    return EngineKey(file_sha256(onnx_path), trt.__version__, cuda.Device(device).name(), bool(fp16))
+    return EngineKey(file_sha256(onnx_path), trt.__version__, cuda.Device(device).name(), precision)
 
 
 def build_engine(
@@ -177,10 +278,13 @@ def build_engine(
     engine_path: str | Path,
     sidecar: Sidecar,
     key: EngineKey,
-    fp16: bool = False,
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
 ) -> Path:
-    """Parse the ONNX with OnnxParser, build a serialised engine (FP16 optional), write it and its key."""
+    """Parse the ONNX with OnnxParser, build a serialised engine at ``key.precision``, write it and its key.
+
+    An existing engine of another precision at ``engine_path`` is never overwritten (:func:`check_overwrite`).
+    """
+    check_overwrite(engine_path, key)
     trt = _import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -191,9 +295,9 @@ def build_engine(
         raise ModelLoadError(f"{onnx_path}: TensorRT could not parse the ONNX ({errors})")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
-    if fp16:
+    if key.precision == "fp16":
         if not builder.platform_has_fast_fp16:
-            log.warning("this GPU has no fast FP16; building with --fp16 anyway")
+            log.warning("this GPU has no fast FP16; building with fp16 anyway")
         config.set_flag(trt.BuilderFlag.FP16)
     if sidecar.dynamic_batch:
         profile = builder.create_optimization_profile()
@@ -214,52 +318,55 @@ def build_engine(
     return engine_path
 
 
-def ensure_engine(
-    onnx_path: str | Path | None,
-    engine_path: str | Path,
-    sidecar: Sidecar,
-    fp16: bool = False,
-    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
-) -> Path:
-    """Return a current engine at ``engine_path``, building or rebuilding it from ``onnx_path`` if needed."""
-    engine_path = Path(engine_path)
-    if onnx_path is None or not Path(onnx_path).is_file():
+def ensure_engine(plan: EnginePlan, sidecar: Sidecar, settings: EngineSettings, device: int = 0) -> Path:
+    """Return a current engine at ``plan.engine_path``, building it from ``plan.onnx_path`` when needed.
+
+    Built when missing or stale, or always with ``force_engine_update``; never over another precision.
+    """
+    if plan.note:
+        log.warning(plan.note)
+    engine_path = plan.engine_path
+    if plan.onnx_path is None:
         # No ONNX to rebuild from: the engine must already match this TensorRT and GPU.
         trt = _import_tensorrt()
         cuda = _cuda_driver()
-        recorded = _read_key(engine_path)
-        key = EngineKey(recorded.onnx_sha256 if recorded else "", trt.__version__, cuda.Device(0).name(),
-                        recorded.fp16 if recorded else fp16)
+        recorded = read_key(engine_path)
+        key = EngineKey(recorded.onnx_sha256 if recorded else "", trt.__version__, cuda.Device(device).name(),
+                        plan.precision)
         reason = stale_reason(engine_path, key)
         if reason:
             raise ModelLoadError(f"{engine_path}: cannot use this engine ({reason}) and no ONNX to rebuild from")
         return engine_path
-    key = current_key(onnx_path, fp16)
-    reason = stale_reason(engine_path, key)
+    key = current_key(plan.onnx_path, plan.precision, device)
+    reason = "force_engine_update is set" if settings.force_engine_update else stale_reason(engine_path, key)
     if reason:
-        log.warning("building TensorRT engine %s from %s: %s", engine_path, onnx_path, reason)
-        build_engine(onnx_path, engine_path, sidecar, key, fp16, workspace_bytes)
+        log.warning("building TensorRT engine %s (%s) from %s: %s", engine_path, plan.precision, plan.onnx_path,
+                    reason)
+        build_engine(plan.onnx_path, engine_path, sidecar, key, settings.workspace_size)
     return engine_path
 
 
-def _read_key(engine_path: Path) -> EngineKey | None:
-    try:
-        return EngineKey(**json.loads(meta_path(engine_path).read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def build_engine_for_onnx(onnx_path: str | Path, engine_path: str | Path, fp16: bool = False) -> Path:
-    """Export's ``--engine``: build (or reuse a current) engine for an exported ONNX + sidecar."""
+def build_engine_for_onnx(onnx_path: str | Path, settings: EngineSettings) -> Path:
+    """Export's ``--engine``: build (or reuse a current) engine for an exported ONNX + sidecar; returns its path."""
     sidecar = read_sidecar(sidecar_path(onnx_path))
-    return ensure_engine(onnx_path, engine_path, sidecar, fp16)
+    plan = plan_engine(onnx_path, settings)
+    return ensure_engine(plan, sidecar, settings)
+
+
+def engine_sidecar(model_path: Path, engine_path: Path) -> Path:
+    """The sidecar of an engine load: the model's own, else the engine's, else its ONNX's (same stem)."""
+    for candidate in (sidecar_path(model_path), sidecar_path(engine_path), sidecar_path(onnx_for_engine(engine_path))):
+        if candidate.is_file():
+            return candidate
+    return sidecar_path(model_path)
 
 
 class TensorRTBackend(Backend):
     """A TensorRT engine run with named I/O tensors, pycuda buffers and one CUDA stream.
 
-    ``model_path`` is an ``.onnx`` (engine cached beside it as ``.engine``) or an
-    ``.engine``/``.plan`` (rebuilt from the ``.onnx`` of the same stem when stale).
+    ``model_path`` is an ``.onnx`` (engine cached beside it as ``model.<precision>.engine``,
+    or at ``engine.engine_file_path``) or an ``.engine``/``.plan`` (rebuilt from the ``.onnx`` of
+    the same stem when stale); :func:`plan_engine` decides which file.
     The CUDA primary context is pushed around every call, so any thread may call
     :meth:`run` (ROS executors do).
     """
@@ -270,23 +377,23 @@ class TensorRTBackend(Backend):
         self,
         model_path: str | Path,
         expected_kind: str | None = None,
-        fp16: bool = False,
-        workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+        engine: EngineSettings | None = None,
         device: int = 0,
     ) -> None:
         model_path = Path(model_path)
-        if model_path.suffix == ".onnx":
-            onnx_path, engine_path = model_path, model_path.with_suffix(".engine")
-            if not onnx_path.is_file():
-                raise ModelLoadError(f"{onnx_path}: model file not found")
-        else:
-            onnx_path, engine_path = model_path.with_suffix(".onnx"), model_path
-            if not engine_path.is_file() and not onnx_path.is_file():
-                raise ModelLoadError(f"{engine_path}: engine not found and no {onnx_path.name} to build it from")
-        self.sidecar = read_sidecar(sidecar_path(model_path), expected_kind)
+        settings = engine or EngineSettings()
+        if model_path.suffix.lower() == ".onnx" and not model_path.is_file():
+            raise ModelLoadError(f"{model_path}: model file not found")
+        plan = plan_engine(model_path, settings)
+        if plan.onnx_path is None and not plan.engine_path.is_file():
+            raise ModelLoadError(f"{plan.engine_path}: engine not found and no {onnx_for_engine(plan.engine_path).name} "
+                                 "to build it from")
+        engine_path = plan.engine_path
+        self.sidecar = read_sidecar(engine_sidecar(model_path, engine_path), expected_kind)
+        self.engine_path = engine_path
         trt = _import_tensorrt()
         cuda = _cuda_driver()
-        ensure_engine(onnx_path, engine_path, self.sidecar, fp16, workspace_bytes)
+        ensure_engine(plan, self.sidecar, settings, device)
 
         self._cuda = cuda
         self._ctx = cuda.Device(device).retain_primary_context()

@@ -31,6 +31,9 @@ def add_parser(subparsers) -> None:
         help="which checkpoint of RUN (default: best, falling back to last)",
     )
     sub.add_argument("--seed", type=int, default=0, help="seed of the fit/score split (default 0)")
+    sub.add_argument("--onnx", type=Path, metavar="MODEL",
+                     help="score this exported model of RUN (float32 or int8 .onnx, run by onnxruntime on CPU) "
+                     "instead of RUN's torch encoder; pyramid kinds")
     sub.set_defaults(func=run)
 
 
@@ -62,8 +65,19 @@ def run(args: argparse.Namespace) -> int:
 
     evaluate = resolve_evaluator(ckpt["kind"])
     out_dir = args.json.parent if args.json is not None else (path.parent / "eval")
+    extra = {}
+    if args.onnx is not None:
+        from kp_perception.errors import ConfigError
+        from kp_perception.kinds import PYRAMID_KINDS
+
+        if ckpt["kind"] not in PYRAMID_KINDS:
+            raise ConfigError(f"eval --onnx scores pyramid kinds ({', '.join(PYRAMID_KINDS)}); this run is "
+                              f"{ckpt['kind']!r}")
+        if not args.onnx.is_file():
+            raise DataError(f"--onnx {args.onnx}: model file not found")
+        extra["onnx"] = str(args.onnx)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = evaluate(ckpt, [str(p) for p in args.data], args.annotations, out_dir, seed=args.seed)
+    metrics = evaluate(ckpt, [str(p) for p in args.data], args.annotations, out_dir, seed=args.seed, **extra)
     text = json.dumps(metrics, indent=2, sort_keys=True)
     if args.json is not None:
         args.json.write_text(text + "\n")

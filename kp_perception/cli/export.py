@@ -1,4 +1,8 @@
-"""``kp-perception export RUN --onnx FILE [--engine FILE --fp16]``: a trained encoder -> ONNX + sidecar.
+"""``kp-perception export RUN --onnx FILE [--engine FILE --fp16] [--int8 --calibration DATA]``: encoder -> ONNX.
+
+``--int8`` also writes ``FILE`` with ``.int8.onnx`` (+ its sidecar, precision
+int8): ONNX Runtime static quantization calibrated on frames of DATA
+(``training/quantization.py``), for CPU robots.
 
 RUN is a training run directory (``best.pt``, falling back to ``last.pt``) or a
 ``.pt`` checkpoint. torch and ``training`` are imported inside :func:`run` only.
@@ -24,6 +28,15 @@ def add_parser(subparsers) -> None:
     sub.add_argument("--onnx", required=True, type=Path, metavar="FILE", help="ONNX file to write")
     sub.add_argument("--engine", type=Path, metavar="FILE", help="also build a TensorRT engine (needs tensorrt + GPU)")
     sub.add_argument("--fp16", action="store_true", help="build the TensorRT engine with FP16 enabled")
+    sub.add_argument("--int8", action="store_true",
+                     help="also write an int8 model (FILE stem + .int8.onnx) for CPU robots: ONNX Runtime static "
+                     "quantization (QDQ), calibrated on --calibration frames")
+    sub.add_argument("--calibration", nargs="+", type=Path, metavar="DATA",
+                     help="training data for --int8 calibration: bags, videos or image folders (as `train --data`)")
+    sub.add_argument("--calibration-frames", type=int, default=64, metavar="N",
+                     help="calibration frames (as many more, not used to calibrate, check the keypoint deviation)")
+    sub.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    sub.add_argument("--image-topic", help="image topic of the calibration bags when they have several")
     sub.add_argument(
         "--checkpoint", choices=("best", "last"), default="best",
         help="which checkpoint of RUN (default: best, falling back to last)",
@@ -45,14 +58,25 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--image-size {args.image_size[0]} {args.image_size[1]}: expected both >= 8 pixels")
     if args.onnx.suffix.lower() != ".onnx":
         raise ConfigError(f"--onnx {args.onnx}: expected a .onnx file name")
+    if args.int8 and not args.calibration:
+        raise ConfigError("--int8 needs --calibration DATA (frames of the training data: bags, videos, image folders)")
+    if args.calibration and not args.int8:
+        raise ConfigError("--calibration applies to --int8; give --int8 too")
+    if args.calibration_frames < 1:
+        raise ConfigError(f"--calibration-frames {args.calibration_frames}: expected at least 1")
+    for path in args.calibration or []:
+        if not path.exists():
+            raise ConfigError(f"--calibration {path}: no such file or directory")
 
     from kp_perception_training.export import export_checkpoint, resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.run, args.checkpoint)
     print(f"exporting {checkpoint} -> {args.onnx}", flush=True)
     from kp_perception.atomic import check_writable
+    from kp_perception_training.quantization import int8_path
 
-    for output in (args.onnx, args.onnx.with_suffix(".json"), args.engine):
+    int8_onnx = int8_path(args.onnx) if args.int8 else None
+    for output in (args.onnx, args.onnx.with_suffix(".json"), args.engine, int8_onnx):
         if output is not None:
             check_writable(output)  # an unwritable place fails now, not after the export
     result = export_checkpoint(
@@ -73,6 +97,23 @@ def run(args: argparse.Namespace) -> int:
         "outputs": {s.name: list(s.shape) for s in result.sidecar.outputs},
         "opset": result.sidecar.opset,
         "parity_max_error_px": result.max_parity_error_px,
+        "precision": result.sidecar.precision,
     }
+    if args.int8:
+        from kp_perception_training.quantization import quantize_int8
+
+        print(f"int8: calibrating on {args.calibration_frames} frames of {', '.join(map(str, args.calibration))}",
+              flush=True)
+        q = quantize_int8(result.onnx_path, args.calibration, int8_onnx, frames=args.calibration_frames,
+                          method=args.calibration_method, image_topic=args.image_topic)
+        summary["int8"] = {
+            "onnx": str(q.onnx_path),
+            "sidecar": str(q.sidecar_path),
+            "precision": q.sidecar.precision,
+            "calibration_frames": q.calibration_frames,
+            "float32_conv_nodes": list(q.float_nodes),
+            "keypoint_deviation_from_fp32_px": q.deviation_px,
+            "check_frames": q.check_frames,
+        }
     print(json.dumps(summary, indent=2))
     return 0

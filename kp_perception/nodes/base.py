@@ -314,6 +314,8 @@ class KeypointNode(LifecycleNode):
     def __init__(self, *, command_line: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(self.node_name, **kwargs)
         self._declare_parameters(sys.argv if command_line is None else command_line)
+        from kp_perception.nodes.engine_params import declare_engine_parameters  # imports this module
+        self.engine_settings = declare_engine_parameters(self)  # read-only: an engine changes with a restart
         self._warn_unknown_parameters()
         self.autostart = bool(self.get_parameter("autostart").value)
         self._threshold = float(self.get_parameter("score_threshold").value)
@@ -548,8 +550,11 @@ class KeypointNode(LifecycleNode):
     def _declare_parameters(self, command_line: list[str]) -> None:
         """Declare every parameter with its type; a value of the wrong type (file or -p) is a ConfigError."""
         specs = self._parameter_defaults()
+        from kp_perception.nodes.engine_params import ENGINE_PARAMETERS  # imports this module
+
+        typed = {spec.name: type(spec.default) for spec in (*specs.values(), *ENGINE_PARAMETERS)}
         check_parameter_arguments(
-            command_line, {name: type(spec.default) for name, spec in specs.items()},
+            command_line, typed,
             (self.get_name(), self.get_fully_qualified_name()),
         )
         for spec in specs.values():
@@ -591,7 +596,7 @@ class KeypointNode(LifecycleNode):
         known = set(self._parameter_defaults()) | {"use_sim_time", "start_type_description_service"}
         overrides = getattr(self, "_parameter_overrides", {}) or {}
         for name in sorted(set(overrides) - known):
-            if not name.startswith("qos_overrides."):
+            if not name.startswith("qos_overrides.") and not self.has_parameter(name):
                 self.get_logger().warning(f"unknown parameter '{name}' is ignored (typo?)")
 
     def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
@@ -634,6 +639,7 @@ class KeypointNode(LifecycleNode):
             providers=s.provider_list,
             expected_kind=self.expected_kind,
             threads=s.threads,
+            engine=self.engine_settings,
         )
 
     # input

@@ -26,8 +26,35 @@ from kp_perception.errors import DataError, ModelLoadError
 from kp_perception_training.evaluation.landmarks import landmark_rmse
 
 
-def _keypoints_in_frames(checkpoint: dict, data_paths: list[str], keys: set[tuple[str, int]], batch: int = 32):
-    """Encoder keypoints (frame pixels) for every annotated (sequence, frame): dict key -> N×2."""
+def _onnx_keypoints(checkpoint: dict, onnx: str | Path, caches, keys, width: int, height: int):
+    """The same keypoints from an exported model of the checkpoint (float32 or int8), run by onnxruntime on CPU."""
+    from kp_perception.backends import load_backend
+    from kp_perception.preprocessing import model_to_frame_pixels
+    from kp_perception.sidecar import config_sha256
+
+    backend = load_backend(onnx, backend="onnxruntime", providers=["CPUExecutionProvider"], expected_kind="pyramids")
+    side = backend.sidecar
+    if side.config_sha256 and side.config_sha256 != config_sha256(checkpoint["config"]):
+        raise ModelLoadError(f"{onnx}: exported from another config than this run's checkpoint (config_sha256 differs)")
+    if (side.input_width, side.input_height) != (width, height):
+        raise ModelLoadError(f"{onnx}: model input {side.input_width}x{side.input_height}, the run trained at "
+                             f"{width}x{height}; export it at the training size")
+    out: dict[tuple[str, int], np.ndarray] = {}
+    for seq, frames in caches:
+        frame_size = seq.frame_size
+        for i in sorted(f for s, f in keys if s == seq.name and 0 <= f < len(frames)):
+            kp = backend.run(np.ascontiguousarray(frames[i])[None])["keypoints"][0]  # model-input pixels
+            out[(seq.name, i)] = model_to_frame_pixels(kp, (width, height), frame_size)
+    return out, side
+
+
+def _keypoints_in_frames(checkpoint: dict, data_paths: list[str], keys: set[tuple[str, int]], batch: int = 32,
+                         onnx: str | Path | None = None):
+    """Encoder keypoints (frame pixels) for every annotated (sequence, frame): dict key -> N×2.
+
+    Returns the keypoints and the level sizes. With ``onnx``, an exported model of this checkpoint
+    (``kp-perception export``, also ``--int8``) computes them instead of the torch encoder.
+    """
     import torch
 
     from kp_perception.models import build_encoder
@@ -37,6 +64,12 @@ def _keypoints_in_frames(checkpoint: dict, data_paths: list[str], keys: set[tupl
 
     config = checkpoint_config(checkpoint)
     width, height = config.data.size_wh
+    if onnx is not None:
+        caches = load_cached_sequences(
+            data_paths, (width, height), image_topic=config.data.image_topic, cache_dir=config.data.cache_dir
+        )
+        out, side = _onnx_keypoints(checkpoint, onnx, caches, keys, width, height)
+        return out, tuple(side.level_sizes), side.precision
     encoder = build_encoder(checkpoint["kind"], config.model)
     try:
         encoder.load_state_dict(checkpoint["encoder"])
@@ -62,13 +95,17 @@ def _keypoints_in_frames(checkpoint: dict, data_paths: list[str], keys: set[tupl
                 for i, kp in zip(idx, kps, strict=True):
                     px = normalized_to_model_pixels(kp, width, height)
                     out[(seq.name, i)] = model_to_frame_pixels(px, (width, height), frame_size)
-    return out, encoder
+    return out, tuple(encoder.level_sizes), "fp32 (torch)"
 
 
 def evaluate(
-    checkpoint: dict, data_paths: list[str], annotations: str | None, out_dir: Path | None, seed: int = 0
+    checkpoint: dict, data_paths: list[str], annotations: str | None, out_dir: Path | None, seed: int = 0,
+    onnx: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Landmark regression RMSE per level and flattened (JSON-able); writes ``landmarks.png`` into out_dir."""
+    """Landmark regression RMSE per level and flattened (JSON-able); writes ``landmarks.png`` into out_dir.
+
+    ``onnx``: score an exported model of this checkpoint (float32 or int8) instead of the torch encoder.
+    """
     from kp_perception_training.sim.annotations import read_annotations
 
     if annotations is None:
@@ -78,7 +115,7 @@ def evaluate(
         raise DataError(f"{annotations}: no annotations")
     names = sorted({a.name for a in rows})
     keys = {(a.sequence, a.frame) for a in rows}
-    keypoints, encoder = _keypoints_in_frames(checkpoint, data_paths, keys)
+    keypoints, sizes, precision = _keypoints_in_frames(checkpoint, data_paths, keys, onnx=onnx)
     frames = sorted(keypoints)
     if len(frames) < 4:
         raise DataError(
@@ -98,7 +135,6 @@ def evaluate(
     order = np.random.default_rng(seed).permutation(len(frames))
     fit_rows, test_rows = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
 
-    sizes = tuple(encoder.level_sizes)
     sets: dict[str, np.ndarray] = {}
     offset = 0
     for level, n in enumerate(sizes):
@@ -123,6 +159,8 @@ def evaluate(
         "landmarks": len(names),
         "visible_fraction": float(visible.mean()),
         "seed": seed,
+        "model": str(onnx) if onnx is not None else "checkpoint (torch)",
+        "precision": precision,
     }
     if out_dir is not None:
         out_dir = Path(out_dir)
