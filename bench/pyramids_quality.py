@@ -20,6 +20,25 @@ preset documented in training/pyramids/config.py, lr 1e-3 for every method, 600 
 ``--paper``: 128×128, 450 episodes (360 train, 90 test),
 the paper's model sizes and Adam 1e-4, on a GPU (set --steps to what the GPU budget allows).
 The wall-clock time actually used is part of the JSON.
+
+Scene families (issue 20): ``--families`` (bare: the committed grid GRID_FAMILIES) simulates a
+train and a test set per ``sim tabletop --scene`` preset and trains and evaluates every method
+separately on each, families one after another (the JSON is rewritten after every family, so
+a partial run holds complete families only and says which ran). Its default methods are
+GRID_METHODS. It reports per-family mean ± std, the mean over families, the paired per-seed
+comparison (seed s of Pyramids against seed s of Transporter-30 on the same family's data),
+least squares and ridge (``rmse_px_ridge``, kp_perception_training.evaluation.landmarks.RIDGE_ALPHAS)
+for every method and level, per-level keypoint motion, and where the keypoints lie in the test
+frames (arm / objects / background, from the simulator's ``/camera/instance_ids`` mask).
+
+The grid's setting was fixed and committed before any of its results was seen (the rule in
+docs/results.md): families default, side, kuka (they differ in camera and arm, and the latter two
+draw 5 objects per episode from the whole catalogue); today's single-scene setting unchanged
+otherwise: 64 px, 40 train / 20 test episodes of 30 frames (sim seeds 1 and 100000 in every
+family), 600 steps, batch 16, Adam 1e-3, paper map sizes, CPU preset, 3 seeds, one thread.
+Expected wall clock on one quiet core: ~80 min (per family ~2.5 min simulation + 3 seeds × (Pyramids
+~215 s + Transporter-30 ~142 s + KeyNet-30 ~93 s training, ~10 s evaluation each)); longer on a
+shared CPU.
 """
 
 from __future__ import annotations
@@ -62,6 +81,13 @@ METHODS: dict[str, tuple[str, list[int]]] = {
 }
 
 
+# The committed grid of ``--families`` (issue 20; fixed before any result of it was seen).
+GRID_FAMILIES: tuple[str, ...] = ("default", "side", "kuka")
+GRID_METHODS: tuple[str, ...] = ("pyramids", "transporter30", "keynet30")
+FAMILY_BEGIN = "<!-- Pyramids families table: begin (bench/pyramids_quality.py --families) -->"
+FAMILY_END = "<!-- Pyramids families table: end -->"
+FITS = {"least_squares": "rmse_px", "ridge": "rmse_px_ridge"}
+
 PAPER_FINEST_MAP = 32  # the paper's finest FPN map (and the baselines' keypoint map), 32×32
 
 
@@ -98,7 +124,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, help="Adam learning rate for every method (default 1e-3, --paper 1e-4)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per method (>= 3 for the table)")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list out of {', '.join(METHODS)}")
+    parser.add_argument("--methods", help=f"comma list out of {', '.join(METHODS)} (default: all; "
+                        f"with --families: {','.join(GRID_METHODS)})")
+    parser.add_argument("--families", nargs="?", const=",".join(GRID_FAMILIES), metavar="F1,F2,...",
+                        help="scene families (sim tabletop --scene presets), trained and scored separately; "
+                        f"bare --families: the committed grid {','.join(GRID_FAMILIES)}")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra config overrides for every run (e.g. ablation.no_spring=true applies to pyramids only)")
     parser.add_argument("--max-minutes", type=float, help="optional wall-clock cap per run (train.max_minutes)")
@@ -123,11 +153,12 @@ def _cli(args: list[str], env: dict[str, str], log: Path) -> str:
     return proc.stdout
 
 
-def _simulate(out: Path, episodes: int, frames: int, size: int, seed: int, env: dict, log: Path) -> None:
+def _simulate(out: Path, episodes: int, frames: int, size: int, seed: int, env: dict, log: Path,
+              scene: str | None = None) -> None:
     if (out / "annotations.csv").is_file():
         return
     _cli(["sim", "tabletop", "--out", str(out), "--episodes", str(episodes), "--frames", str(frames),
-          "--size", str(size), "--seed", str(seed), "--overwrite"], env, log)
+          "--size", str(size), "--seed", str(seed), "--overwrite", *(["--scene", scene] if scene else [])], env, log)
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -156,12 +187,12 @@ def _merge(args: argparse.Namespace) -> dict[str, Any]:
     return _write(result, args)
 
 
-def _table(runs: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+def _table(runs: list[dict], key: str = "rmse_px") -> dict[str, dict[str, dict[str, float]]]:
     table: dict[str, dict[str, dict[str, float]]] = {}
     for name in METHODS:
-        rows = [r for r in runs if r["method"] == name]
+        rows = [r for r in runs if r["method"] == name and r.get(key)]
         if rows:
-            table[name] = {k: _summary([r["rmse_px"][k] for r in rows]) for k in rows[0]["rmse_px"]}
+            table[name] = {k: _summary([r[key][k] for r in rows]) for k in rows[0][key]}
     return table
 
 
@@ -177,20 +208,121 @@ def _write(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _train_eval(name: str, seed: int, run_dir: Path, train_dir: Path, test_dir: Path, steps: int, common: list[str],
+                presets: dict[str, list[str]], args: argparse.Namespace, env: dict, log: Path) -> dict[str, Any]:
+    """One method × seed: train, evaluate on the test set; a run recorded in ``bench_run.json`` is reused."""
+    record = run_dir / "bench_run.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    kind, sizes = METHODS[name]
+    extra = [s for s in args.set if kind == "pyramids" or not s.startswith(("ablation.", "loss.transport", "loss.spring"))]
+    t0 = time.monotonic()
+    train_args = ["train", kind, "--data", str(train_dir), "--out", str(run_dir), "--steps", str(steps),
+                  "--seed", str(seed), "--no-progress", "--set", *common, *presets.get(kind, []),
+                  f"model.keypoints_per_level={json.dumps(sizes)}", *extra]
+    if args.max_minutes:
+        train_args += ["--max-minutes", str(args.max_minutes)]
+    if args.device:
+        train_args += ["--device", args.device]
+    summary_line = _cli(train_args, env, log).strip().splitlines()[-1]
+    train_summary = json.loads(summary_line)
+    t1 = time.monotonic()
+    metrics_file = run_dir / "landmarks_test.json"
+    _cli(["eval", str(run_dir), "--data", str(test_dir), "--annotations", str(test_dir / "annotations.csv"),
+          "--checkpoint", "last", "--seed", str(seed), "--json", str(metrics_file)], env, log)
+    metrics = json.loads(metrics_file.read_text())
+    result = {
+        "method": name, "seed": seed, "rmse_px": metrics["rmse_px"],
+        "rmse_px_ridge": metrics.get("rmse_px_ridge"),
+        "rmse_px_intercept_only": metrics.get("rmse_px_intercept_only"),
+        "static_keypoints": metrics.get("static_keypoints"),
+        "keypoint_motion_px": metrics.get("keypoint_motion_px"),
+        "keypoint_motion_px_per_level": metrics.get("keypoint_motion_px_per_level"),
+        "final_loss_ema": train_summary.get("loss_ema"), "steps": train_summary.get("step"),
+        "images_per_second": train_summary.get("images_per_second"),
+        "train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.monotonic() - t1, 1),
+    }
+    record.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def instance_masks(test_dir: Path) -> tuple[dict[tuple[str, int], np.ndarray], dict[int, str]]:
+    """The simulator's ``/camera/instance_ids`` masks of a data set, by (sequence, frame), and id -> class."""
+    from kp_perception.sequences import open_sequences
+
+    scene = json.loads((test_dir / "scene.json").read_text())
+    topic = scene["topics"].get("instance_ids")
+    if not topic:
+        raise KpPerceptionError(f"{test_dir}: simulated without instance ids; cannot place keypoints")
+    classes = {int(row["id"]): row["class"] for row in scene["instances"]}
+    masks = {}
+    for seq in open_sequences(test_dir, image_topic=topic):
+        for i, mask in enumerate(seq.iter_frames()):
+            masks[(seq.name, i)] = np.asarray(mask).reshape(mask.shape[:2])
+    return masks, classes
+
+
+def keypoint_placement(npz: Path, masks: dict[tuple[str, int], np.ndarray], classes: dict[int, str]) -> dict[str, Any]:
+    """Per level: the fraction of (frame, keypoint) pairs on each instance class, and how many keypoints
+    lie mostly (in more than half of the frames) on each class, from the pixel under the keypoint."""
+    data = np.load(npz)
+    kps = data["keypoints_px"]
+    names = sorted(set(classes.values()))
+    lut = {cid: names.index(c) for cid, c in classes.items()}
+    labels = np.zeros(kps.shape[:2], dtype=np.int64)  # F×N class index
+    for f, (seq, frame) in enumerate(zip(data["sequences"], data["frames"], strict=True)):
+        mask = masks[(str(seq), int(frame))]
+        h, w = mask.shape
+        cols = np.clip(np.rint(kps[f, :, 0]).astype(int), 0, w - 1)
+        rows = np.clip(np.rint(kps[f, :, 1]).astype(int), 0, h - 1)
+        labels[f] = [lut.get(int(v), names.index("background")) for v in mask[rows, cols]]
+    out: dict[str, Any] = {}
+    bounds = np.cumsum((0, *data["level_sizes"].tolist()))
+    for level in range(len(bounds) - 1):
+        part = labels[:, bounds[level] : bounds[level + 1]]
+        onehot = part[..., None] == np.arange(len(names))  # F×n×C
+        per_kp = onehot.mean(axis=0)  # n×C: fraction of frames on each class
+        out[f"level_{level + 1}"] = {
+            "fraction": {c: float(onehot[..., j].mean()) for j, c in enumerate(names)},
+            "mostly_on": {c: int((per_kp[:, j] > 0.5).sum()) for j, c in enumerate(names)},
+            "keypoints": int(part.shape[1]),
+        }
+    return out
+
+
+def _setting(args: argparse.Namespace) -> dict[str, Any]:
+    size = args.size or (128 if args.paper else 64)
+    finest_stride = paper_finest_stride(size)
+    for item in args.set:  # an explicit --set model.finest_stride=... wins, and the JSON says so
+        if item.startswith("model.finest_stride="):
+            finest_stride = int(item.split("=", 1)[1])
+    return {"size": size, "train_episodes": args.episodes or (360 if args.paper else 40),
+            "test_episodes": args.test_episodes or (90 if args.paper else 20), "frames": args.frames,
+            "steps": args.steps or (20000 if args.paper else 600), "batch_size": args.batch_size,
+            "lr": args.lr or (1e-4 if args.paper else 1e-3), "seeds": args.seeds,
+            "paper": bool(args.paper), "cpu_preset": None if args.paper else CPU_PRESET,
+            "finest_stride": finest_stride, "threads": args.threads, "extra_overrides": args.set}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.merge:
         return _merge(args)
-    size = args.size or (128 if args.paper else 64)
-    episodes = args.episodes or (360 if args.paper else 40)
-    test_episodes = args.test_episodes or (90 if args.paper else 20)
-    steps = args.steps or (20000 if args.paper else 600)
-    lr = args.lr or (1e-4 if args.paper else 1e-3)
-    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else []
+    names = [m.strip() for m in (args.methods or ",".join(GRID_METHODS if families else METHODS)).split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if unknown:
         raise KpPerceptionError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     if args.seeds < 1:
         raise KpPerceptionError("--seeds must be >= 1")
+    if families:
+        from kp_perception_training.sim.scenes import SCENE_PRESETS
+
+        bad = [f for f in families if f not in SCENE_PRESETS]
+        if bad:
+            raise KpPerceptionError(f"unknown scene famil{'y' if len(bad) == 1 else 'ies'} {bad}; "
+                                    f"choose from {', '.join(SCENE_PRESETS)}")
+    setting = _setting(args)
+    size, steps, frames = setting["size"], setting["steps"], args.frames
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -198,67 +330,131 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     env = dict(os.environ, KP_PERCEPTION_CACHE=str(work / "cache"), MPLBACKEND="Agg")
     if args.threads > 0:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    started = time.monotonic()
-    train_dir = work / f"sim_train_{size}_{episodes}x{args.frames}"
-    test_dir = work / f"sim_test_{size}_{test_episodes}x{args.frames}"
-    _simulate(train_dir, episodes, args.frames, size, 1, env, log)
-    _simulate(test_dir, test_episodes, args.frames, size, 100_000, env, log)
-    sim_seconds = time.monotonic() - started
-
-    finest_stride = paper_finest_stride(size)
-    for item in args.set:  # an explicit --set model.finest_stride=... wins, and the JSON says so
-        if item.startswith("model.finest_stride="):
-            finest_stride = int(item.split("=", 1)[1])
-    common = [f"data.image_size={size}", f"model.finest_stride={finest_stride}", f"optim.lr={lr}",
+    common = [f"data.image_size={size}", f"model.finest_stride={setting['finest_stride']}", f"optim.lr={setting['lr']}",
               f"train.batch_size={args.batch_size}",
               "train.num_workers=0", f"train.checkpoint_every={max(steps, 1)}", f"train.image_every={max(steps, 1)}"]
     presets = {} if args.paper else {kind: preset_for(kind) for kind, _ in METHODS.values()}
-    runs: list[dict[str, Any]] = []
-    for name in names:
-        kind, sizes = METHODS[name]
-        extra = [s for s in args.set if kind == "pyramids" or not s.startswith(("ablation.", "loss.transport", "loss.spring"))]
-        for seed in range(args.seeds):
-            run_dir = work / "runs" / f"{name}_s{seed}_{size}px_{steps}st{args.tag and '_' + args.tag}"
-            t0 = time.monotonic()
-            train_args = ["train", kind, "--data", str(train_dir), "--out", str(run_dir), "--steps", str(steps),
-                          "--seed", str(seed), "--no-progress", "--set", *common, *presets.get(kind, []),
-                          f"model.keypoints_per_level={json.dumps(sizes)}", *extra]
-            if args.max_minutes:
-                train_args += ["--max-minutes", str(args.max_minutes)]
-            if args.device:
-                train_args += ["--device", args.device]
-            summary_line = _cli(train_args, env, log).strip().splitlines()[-1]
-            train_summary = json.loads(summary_line)
-            t1 = time.monotonic()
-            metrics_file = run_dir / "landmarks_test.json"
-            _cli(["eval", str(run_dir), "--data", str(test_dir), "--annotations", str(test_dir / "annotations.csv"),
-                  "--checkpoint", "last", "--seed", str(seed), "--json", str(metrics_file)], env, log)
-            metrics = json.loads(metrics_file.read_text())
-            runs.append({
-                "method": name, "seed": seed, "rmse_px": metrics["rmse_px"],
-                "rmse_px_intercept_only": metrics.get("rmse_px_intercept_only"),
-                "static_keypoints": metrics.get("static_keypoints"),
-                "keypoint_motion_px": metrics.get("keypoint_motion_px"),
-                "final_loss_ema": train_summary.get("loss_ema"), "steps": train_summary.get("step"),
-                "images_per_second": train_summary.get("images_per_second"),
-                "train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.monotonic() - t1, 1),
-            })
-            print(f"{name} seed {seed}: {metrics['rmse_px']}", file=sys.stderr)
+    suffix = f"{size}px_{steps}st{args.tag and '_' + args.tag}"
+    started = time.monotonic()
 
-    table = _table(runs)
-    result: dict[str, Any] = {
-        "setting": {"size": size, "train_episodes": episodes, "test_episodes": test_episodes, "frames": args.frames,
-                    "steps": steps, "batch_size": args.batch_size, "lr": lr, "seeds": args.seeds,
-                    "paper": bool(args.paper), "cpu_preset": None if args.paper else CPU_PRESET,
-                    "finest_stride": finest_stride,
-                    "threads": args.threads, "extra_overrides": args.set},
-        "table_rmse_px": table,
-        "runs": runs,
-        "wall_clock_seconds": {"total": round(time.monotonic() - started, 1), "simulation": round(sim_seconds, 1),
-                               "per_run_mean": round(float(np.mean([r["train_seconds"] + r["eval_seconds"] for r in runs])), 1)},
-    }
-    result["goal"] = _goal(table)
-    return _write(result, args)
+    if not families:
+        train_dir = work / f"sim_train_{size}_{setting['train_episodes']}x{frames}"
+        test_dir = work / f"sim_test_{size}_{setting['test_episodes']}x{frames}"
+        _simulate(train_dir, setting["train_episodes"], frames, size, 1, env, log)
+        _simulate(test_dir, setting["test_episodes"], frames, size, 100_000, env, log)
+        sim_seconds = time.monotonic() - started
+        runs: list[dict[str, Any]] = []
+        for name in names:
+            for seed in range(args.seeds):
+                run_dir = work / "runs" / f"{name}_s{seed}_{suffix}"
+                runs.append(_train_eval(name, seed, run_dir, train_dir, test_dir, steps, common, presets, args, env, log))
+                print(f"{name} seed {seed}: {runs[-1]['rmse_px']}", file=sys.stderr)
+        table = _table(runs)
+        result: dict[str, Any] = {
+            "setting": setting,
+            "table_rmse_px": table,
+            "runs": runs,
+            "wall_clock_seconds": {"total": round(time.monotonic() - started, 1), "simulation": round(sim_seconds, 1),
+                                   "per_run_mean": round(float(np.mean([r["train_seconds"] + r["eval_seconds"] for r in runs])), 1)},
+        }
+        result["goal"] = _goal(table)
+        return _write(result, args)
+
+    setting.update(families_requested=families, methods=names)
+    result = {"setting": setting, "families_run": [], "runs": [], "wall_clock_seconds": {"per_family": {}}}
+    for family in families:
+        t_family = time.monotonic()
+        fam_dir = work / family
+        train_dir = fam_dir / f"sim_train_{size}_{setting['train_episodes']}x{frames}"
+        test_dir = fam_dir / f"sim_test_{size}_{setting['test_episodes']}x{frames}"
+        _simulate(train_dir, setting["train_episodes"], frames, size, 1, env, log, scene=family)
+        _simulate(test_dir, setting["test_episodes"], frames, size, 100_000, env, log, scene=family)
+        sim_seconds = time.monotonic() - t_family
+        masks, classes = instance_masks(test_dir)
+        for name in names:
+            for seed in range(args.seeds):
+                run_dir = fam_dir / "runs" / f"{name}_s{seed}_{suffix}"
+                record = _train_eval(name, seed, run_dir, train_dir, test_dir, steps, common, presets, args, env, log)
+                record = dict(record, family=family,
+                              placement=keypoint_placement(run_dir / "landmark_keypoints.npz", masks, classes))
+                result["runs"].append(record)
+                print(f"{family} {name} seed {seed}: {record['rmse_px']}", file=sys.stderr)
+        result["families_run"].append(family)
+        result["wall_clock_seconds"]["per_family"][family] = {
+            "total": round(time.monotonic() - t_family, 1), "simulation": round(sim_seconds, 1)}
+        result["wall_clock_seconds"]["total"] = round(time.monotonic() - started, 1)
+        result.update(family_summary(result["runs"], result["families_run"]))
+        _write_families(result, args)
+    return result
+
+
+def family_summary(runs: list[dict], families: list[str]) -> dict[str, Any]:
+    """Per-family tables, the mean over families, the paired per-seed comparisons and the goal, for both fits."""
+    per_family = {f: {fit: _table([r for r in runs if r["family"] == f], key) for fit, key in FITS.items()}
+                  for f in families}
+    over: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    for fit in FITS:
+        over[fit] = {}
+        for name in METHODS:
+            cells = [per_family[f][fit].get(name) for f in families]
+            if not all(cells) or not cells:
+                continue
+            over[fit][name] = {
+                k: {"mean": float(np.mean([c[k]["mean"] for c in cells])),
+                    "std_over_families": float(np.std([c[k]["mean"] for c in cells], ddof=1)) if len(cells) > 1 else 0.0,
+                    "per_family": [c[k]["mean"] for c in cells]}
+                for k in cells[0]
+            }
+    paired: dict[str, dict[str, Any]] = {}
+    for fit, key in FITS.items():
+        paired[fit] = {}
+        for other in ("transporter30", "keynet30"):
+            pairs = []
+            for f in families:
+                mine = {r["seed"]: r for r in runs if r["family"] == f and r["method"] == "pyramids" and r.get(key)}
+                theirs = {r["seed"]: r for r in runs if r["family"] == f and r["method"] == other and r.get(key)}
+                for seed in sorted(set(mine) & set(theirs)):
+                    pairs.append({"family": f, "seed": seed, "pyramids": mine[seed][key]["flattened"],
+                                  other: theirs[seed][key]["flattened"]})
+            if pairs:
+                paired[fit][other] = {"pairs": len(pairs),
+                                      "pyramids_wins": sum(p["pyramids"] < p[other] for p in pairs), "detail": pairs}
+    goal: dict[str, Any] = {}
+    for fit in FITS:
+        o, pr = over[fit], paired[fit].get("transporter30")
+        if "pyramids" in o and "transporter30" in o and pr:
+            margin = 1.0 - o["pyramids"]["flattened"]["mean"] / o["transporter30"]["flattened"]["mean"]
+            l1, l2, fl = (o["pyramids"][k]["mean"] for k in ("level_1", "level_2", "flattened"))
+            goal[fit] = {"margin_vs_transporter30": margin, "margin_at_least_7pct": bool(margin >= 0.07),
+                         "paired_wins": pr["pyramids_wins"], "pairs": pr["pairs"],
+                         "wins_at_least_two_thirds": bool(3 * pr["pyramids_wins"] >= 2 * pr["pairs"]),
+                         "levels_progress_l1_gt_l2_gt_flat": bool(l1 > l2 > fl),
+                         "flattened_better_than_level_2": bool(fl < l2)}
+            goal[fit]["met"] = bool(goal[fit]["margin_at_least_7pct"] and goal[fit]["wins_at_least_two_thirds"]
+                                    and goal[fit]["levels_progress_l1_gt_l2_gt_flat"])
+    return {"per_family_rmse_px": per_family, "mean_over_families_rmse_px": over, "paired_flattened": paired,
+            "goal": goal, "placement": _placement_summary(runs, families)}
+
+
+def _placement_summary(runs: list[dict], families: list[str]) -> dict[str, Any]:
+    """Mean over seeds of the fraction of keypoints on each class, and of the per-level motion, per family and method."""
+    out: dict[str, Any] = {}
+    for f in families:
+        for name in METHODS:
+            rows = [r for r in runs if r["family"] == f and r["method"] == name and r.get("placement")]
+            if not rows:
+                continue
+            levels = {}
+            for level in rows[0]["placement"]:
+                classes = rows[0]["placement"][level]["fraction"]
+                levels[level] = {
+                    "fraction": {c: float(np.mean([r["placement"][level]["fraction"][c] for r in rows])) for c in classes},
+                    "mostly_on": {c: float(np.mean([r["placement"][level]["mostly_on"][c] for r in rows])) for c in classes},
+                    "motion_px": float(np.mean([(r.get("keypoint_motion_px_per_level") or {}).get(level, np.nan)
+                                                for r in rows])),
+                }
+            out.setdefault(f, {})[name] = levels
+    return out
 
 
 def _goal(table: dict) -> dict[str, Any]:
@@ -325,6 +521,91 @@ def _markdown(result: dict) -> str:
         if "levels_progress_l1_gt_l2_gt_flat" in g:
             lines.append(f"- Goal, level 1 > level 2 > flattened: "
                          f"{'met' if g['levels_progress_l1_gt_l2_gt_flat'] else 'NOT met'}.")
+    return "\n".join(lines) + "\n"
+
+
+def _write_families(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """Rewrite the families JSON and Markdown (after every family) and, unless --no-doc, their docs block."""
+    tag = f"_{args.tag}" if args.tag else ""
+    results = results_dir()
+    results.mkdir(parents=True, exist_ok=True)
+    stem = results / f"pyramids_quality_families{tag}"
+    tmp = stem.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(stem.with_suffix(".json"))
+    markdown = markdown_families(result)
+    stem.with_suffix(".md").write_text(markdown)
+    if not args.no_doc:
+        update_results_doc(FAMILY_BEGIN, FAMILY_END, f"{FAMILY_BEGIN}\n{markdown.rstrip()}\n{FAMILY_END}\n")
+
+
+def _cell(c: dict | None) -> str:
+    return "—" if not c else f"{c['mean']:.2f} ± {c['std']:.2f}"
+
+
+def markdown_families(result: dict[str, Any]) -> str:
+    """The families grid as Markdown: per family, mean over families, paired comparisons, placement."""
+    s = result["setting"]
+    ran, requested = result["families_run"], s["families_requested"]
+    lines = [
+        f"Scene families {', '.join(ran)}"
+        + (f" (of {', '.join(requested)} requested; the rest did not run)" if ran != requested else "")
+        + f": landmark regression RMSE (pixels of {s['size']}×{s['size']} frames), mean ± std over {s['seeds']} seeds "
+        f"per family. Per family {s['train_episodes']} train / {s['test_episodes']} test episodes of {s['frames']} "
+        f"frames, {s['steps']} steps, batch {s['batch_size']}, Adam {s['lr']:g}"
+        + (", CPU model preset" if s["cpu_preset"] else ", paper model") + _maps(s)
+        + ". LS = least squares (the paper's protocol), ridge = CV ridge on standardised columns, same for every method.",
+        "",
+        "| family | method | level 1 LS | level 2 LS | flattened LS | level 2 ridge | flattened ridge |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in ran:
+        for name, ls in result["per_family_rmse_px"][f]["least_squares"].items():
+            rg = result["per_family_rmse_px"][f]["ridge"].get(name, {})
+            lines.append(f"| {f} | {name} | {_cell(ls.get('level_1')) if 'level_2' in ls else '—'} | "
+                         f"{_cell(ls.get('level_2'))} | {_cell(ls.get('flattened'))} | {_cell(rg.get('level_2'))} | "
+                         f"{_cell(rg.get('flattened'))} |")
+    lines += ["", f"Mean over the {len(ran)} families (± std of the family means):", "",
+              "| method | fit | level 1 | level 2 | flattened |", "|---|---|---|---|---|"]
+    for fit, table in result["mean_over_families_rmse_px"].items():
+        for name, cells in table.items():
+            def m(k: str, cells: dict = cells) -> str:
+                c = cells.get(k)
+                return "—" if c is None else f"{c['mean']:.2f} ± {c['std_over_families']:.2f}"
+            lvl = name == "pyramids"
+            lines.append(f"| {name} | {fit.replace('_', ' ')} | {m('level_1') if lvl else '—'} | "
+                         f"{m('level_2') if lvl else '—'} | {m('flattened')} |")
+    lines.append("")
+    for fit, goal in result["goal"].items():
+        lines.append(f"- {fit.replace('_', ' ')}: flattened Pyramids vs Transporter-30 on the mean over families: margin "
+                     f"**{100 * goal['margin_vs_transporter30']:.1f} %** (goal ≥ 7 %: "
+                     f"{'met' if goal['margin_at_least_7pct'] else 'NOT met'}); paired seed × family wins "
+                     f"**{goal['paired_wins']} of {goal['pairs']}** (goal ≥ 2/3: "
+                     f"{'met' if goal['wins_at_least_two_thirds'] else 'NOT met'}); levels progress on the mean: "
+                     f"{'yes' if goal['levels_progress_l1_gt_l2_gt_flat'] else 'NO'}.")
+    for fit, comps in result["paired_flattened"].items():
+        for other, comp in comps.items():
+            pairs = ", ".join(f"{p['family']}/s{p['seed']} {p['pyramids']:.2f} vs {p[other]:.2f}" for p in comp["detail"])
+            lines.append(f"- Pairs, {fit.replace('_', ' ')}, Pyramids vs {other}: {pairs}.")
+    lines += ["", "Where the keypoints lie in the test frames (instance-id mask under the keypoint; % of frame × "
+              "keypoint pairs on arm / objects / background, mean over seeds) and how much they move (std over "
+              "frames, px):", "",
+              "| family | method | level | arm | objects | background | keypoints mostly on arm / objects / background | motion |",
+              "|---|---|---|---|---|---|---|---|"]
+    for f, methods in result["placement"].items():
+        for name, levels in methods.items():
+            for level, p in levels.items():
+                fr, mo = p["fraction"], p["mostly_on"]
+                obj = fr.get("object", 0.0) + fr.get("distractor", 0.0)
+                mobj = mo.get("object", 0.0) + mo.get("distractor", 0.0)
+                lines.append(f"| {f} | {name} | {level[-1] if name == 'pyramids' else 'all'} | "
+                             f"{100 * fr.get('arm', 0):.0f} % | {100 * obj:.0f} % | {100 * fr.get('background', 0):.0f} % | "
+                             f"{mo.get('arm', 0):.1f} / {mobj:.1f} / {mo.get('background', 0):.1f} | {p['motion_px']:.2f} |")
+    w = result["wall_clock_seconds"]
+    per = ", ".join(f"{f} {v['total'] / 60:.1f} min ({v['simulation'] / 60:.1f} simulation)" for f, v in w["per_family"].items())
+    runs = result["runs"]
+    lines += ["", f"Wall clock: {w['total'] / 60:.1f} min in all; {per}; {np.mean([r['train_seconds'] + r['eval_seconds'] for r in runs]):.0f} s "
+              f"per train+eval run on average, torch threads per run: {s['threads']}."]
     return "\n".join(lines) + "\n"
 
 
