@@ -257,8 +257,8 @@ def instance_masks(test_dir: Path) -> tuple[dict[tuple[str, int], np.ndarray], d
     classes = {int(row["id"]): row["class"] for row in scene["instances"]}
     masks = {}
     for seq in open_sequences(test_dir, image_topic=topic):
-        for i, mask in enumerate(seq.iter_frames()):
-            masks[(seq.name, i)] = np.asarray(mask).reshape(mask.shape[:2])
+        for i, mask in enumerate(seq.iter_arrays()):
+            masks[(seq.name, i)] = np.array(mask)
     return masks, classes
 
 
