@@ -138,6 +138,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/results.md")
     parser.add_argument("--tag", default="", help="suffix of the result files, e.g. ablation_no_spring "
                         "(bench/results/pyramids_quality_<tag>.json)")
+    parser.add_argument("--reanalyse", type=Path, metavar="JSON",
+                        help="no training: recompute the keypoint placement and hierarchy analyses of a families JSON "
+                        "from its run directories under --work (the figures and wall clock stay)")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="no training: combine the runs of earlier result JSONs (e.g. one process per method)")
 
@@ -262,22 +265,31 @@ def instance_masks(test_dir: Path) -> tuple[dict[tuple[str, int], np.ndarray], d
     return masks, classes
 
 
-def keypoint_placement(npz: Path, masks: dict[tuple[str, int], np.ndarray], classes: dict[int, str]) -> dict[str, Any]:
-    """Per level: the fraction of (frame, keypoint) pairs on each instance class, and how many keypoints
-    lie mostly (in more than half of the frames) on each class, from the pixel under the keypoint."""
-    data = np.load(npz)
+def _ids_under(data: Any, masks: dict[tuple[str, int], np.ndarray]) -> np.ndarray:
+    """F×N instance id under every keypoint of every saved frame (nearest pixel, clipped to the frame)."""
     kps = data["keypoints_px"]
-    names = sorted(set(classes.values()))
-    lut = {cid: names.index(c) for cid, c in classes.items()}
-    labels = np.zeros(kps.shape[:2], dtype=np.int64)  # F×N class index
+    ids = np.zeros(kps.shape[:2], dtype=np.int64)
     for f, (seq, frame) in enumerate(zip(data["sequences"], data["frames"], strict=True)):
         mask = masks[(str(seq), int(frame))]
         h, w = mask.shape
         cols = np.clip(np.rint(kps[f, :, 0]).astype(int), 0, w - 1)
         rows = np.clip(np.rint(kps[f, :, 1]).astype(int), 0, h - 1)
-        labels[f] = [lut.get(int(v), names.index("background")) for v in mask[rows, cols]]
+        ids[f] = mask[rows, cols]
+    return ids
+
+
+def keypoint_placement(npz: Path, masks: dict[tuple[str, int], np.ndarray], classes: dict[int, str]) -> dict[str, Any]:
+    """Per level: the fraction of (frame, keypoint) pairs on each instance class, and how many keypoints
+    lie mostly (in more than half of the frames) on each class, from the pixel under the keypoint.
+    For a pyramid also how children relate to their parents (``hierarchy_stats``)."""
+    data = np.load(npz)
+    names = sorted(set(classes.values()))
+    ids = _ids_under(data, masks)
+    lookup = np.vectorize(lambda v: names.index(classes.get(int(v), "background")))
+    labels = lookup(ids) if ids.size else ids  # F×N class index
     out: dict[str, Any] = {}
-    bounds = np.cumsum((0, *data["level_sizes"].tolist()))
+    sizes = data["level_sizes"].tolist()
+    bounds = np.cumsum((0, *sizes))
     for level in range(len(bounds) - 1):
         part = labels[:, bounds[level] : bounds[level + 1]]
         onehot = part[..., None] == np.arange(len(names))  # F×n×C
@@ -287,7 +299,45 @@ def keypoint_placement(npz: Path, masks: dict[tuple[str, int], np.ndarray], clas
             "mostly_on": {c: int((per_kp[:, j] > 0.5).sum()) for j, c in enumerate(names)},
             "keypoints": int(part.shape[1]),
         }
+    if len(sizes) > 1:
+        out["hierarchy"] = hierarchy_stats(data["keypoints_px"], ids, sizes, background=[
+            cid for cid, c in classes.items() if c == "background"])
     return out
+
+
+def hierarchy_stats(kps: np.ndarray, ids: np.ndarray, sizes: list[int], background: list[int]) -> dict[str, float]:
+    """Do children refine their parents? Over the saved frames, for every child keypoint against its own
+    parent and, as chance, against the other keypoints of the parent's level:
+
+    - ``same_instance``: how often the child lies on the same arm/object as the parent (both off the background);
+    - ``distance_px``: mean child-parent distance;
+    - ``motion_r2``: R² of the child's (x, y) from the parent's (x, y) by least squares over the frames
+      (does the child move with its parent?).
+    """
+    from kp_perception.models.pyramids_encoder import hierarchy_parents
+
+    parents = hierarchy_parents(sizes)
+    bg = np.isin(ids, background)
+    starts = np.cumsum((0, *sizes))
+
+    def pair(c: int, p: int) -> tuple[float, float, float]:
+        same = float(((ids[:, c] == ids[:, p]) & ~bg[:, c]).mean())
+        dist = float(np.linalg.norm(kps[:, c] - kps[:, p], axis=1).mean())
+        x = np.column_stack([kps[:, p], np.ones(len(kps))])
+        resid = kps[:, c] - x @ np.linalg.lstsq(x, kps[:, c], rcond=None)[0]
+        var = float(((kps[:, c] - kps[:, c].mean(axis=0)) ** 2).sum())
+        return same, dist, (1.0 - float((resid**2).sum()) / var) if var > 0 else 0.0
+
+    own, other = [], []
+    for c, p in enumerate(parents):
+        if p < 0:
+            continue
+        level = int(np.searchsorted(starts, p, side="right") - 1)
+        own.append(pair(c, p))
+        other += [pair(c, q) for q in range(starts[level], starts[level + 1]) if q != p]
+    o, r = np.mean(own, axis=0), np.mean(other, axis=0)
+    return {"same_instance": float(o[0]), "same_instance_chance": float(r[0]), "distance_px": float(o[1]),
+            "distance_px_chance": float(r[1]), "motion_r2": float(o[2]), "motion_r2_chance": float(r[2])}
 
 
 def _setting(args: argparse.Namespace) -> dict[str, Any]:
@@ -304,9 +354,27 @@ def _setting(args: argparse.Namespace) -> dict[str, Any]:
             "finest_stride": finest_stride, "threads": args.threads, "extra_overrides": args.set}
 
 
+def _reanalyse(args: argparse.Namespace) -> dict[str, Any]:
+    result = json.loads(Path(args.reanalyse).read_text())
+    s = result["setting"]
+    work = Path(args.work)
+    suffix = f"{s['size']}px_{s['steps']}st{args.tag and '_' + args.tag}"
+    for family in result["families_run"]:
+        test_dir = work / family / f"sim_test_{s['size']}_{s['test_episodes']}x{s['frames']}"
+        masks, classes = instance_masks(test_dir)
+        for r in (r for r in result["runs"] if r["family"] == family):
+            run_dir = work / family / "runs" / f"{r['method']}_s{r['seed']}_{suffix}"
+            r["placement"] = keypoint_placement(run_dir / "landmark_keypoints.npz", masks, classes)
+    result.update(family_summary(result["runs"], result["families_run"]))
+    _write_families(result, args)
+    return result
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.merge:
         return _merge(args)
+    if args.reanalyse:
+        return _reanalyse(args)
     families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else []
     names = [m.strip() for m in (args.methods or ",".join(GRID_METHODS if families else METHODS)).split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
@@ -444,8 +512,11 @@ def _placement_summary(runs: list[dict], families: list[str]) -> dict[str, Any]:
             rows = [r for r in runs if r["family"] == f and r["method"] == name and r.get("placement")]
             if not rows:
                 continue
-            levels = {}
-            for level in rows[0]["placement"]:
+            levels: dict[str, Any] = {}
+            hier = [r["placement"]["hierarchy"] for r in rows if "hierarchy" in r["placement"]]
+            if hier:
+                levels["hierarchy"] = {k: float(np.mean([h[k] for h in hier])) for k in hier[0]}
+            for level in (k for k in rows[0]["placement"] if k.startswith("level_")):
                 classes = rows[0]["placement"][level]["fraction"]
                 levels[level] = {
                     "fraction": {c: float(np.mean([r["placement"][level]["fraction"][c] for r in rows])) for c in classes},
@@ -595,12 +666,24 @@ def markdown_families(result: dict[str, Any]) -> str:
     for f, methods in result["placement"].items():
         for name, levels in methods.items():
             for level, p in levels.items():
+                if level == "hierarchy":
+                    continue
                 fr, mo = p["fraction"], p["mostly_on"]
                 obj = fr.get("object", 0.0) + fr.get("distractor", 0.0)
                 mobj = mo.get("object", 0.0) + mo.get("distractor", 0.0)
                 lines.append(f"| {f} | {name} | {level[-1] if name == 'pyramids' else 'all'} | "
                              f"{100 * fr.get('arm', 0):.0f} % | {100 * obj:.0f} % | {100 * fr.get('background', 0):.0f} % | "
                              f"{mo.get('arm', 0):.1f} / {mobj:.1f} / {mo.get('background', 0):.1f} | {p['motion_px']:.2f} |")
+    hier = {f: m["pyramids"]["hierarchy"] for f, m in result["placement"].items() if "hierarchy" in m.get("pyramids", {})}
+    if hier:
+        lines += ["", "Do level-2 children refine their level-1 parents? Child against its own parent, and in brackets "
+                  "against the other level-1 keypoints (chance), mean over seeds:", "",
+                  "| family | child on the parent's arm/object | child-parent distance | R² of child motion from parent |",
+                  "|---|---|---|---|"]
+        for f, h in hier.items():
+            lines.append(f"| {f} | {100 * h['same_instance']:.0f} % ({100 * h['same_instance_chance']:.0f} %) | "
+                         f"{h['distance_px']:.1f} px ({h['distance_px_chance']:.1f} px) | "
+                         f"{h['motion_r2']:.2f} ({h['motion_r2_chance']:.2f}) |")
     w = result["wall_clock_seconds"]
     per = ", ".join(f"{f} {v['total'] / 60:.1f} min ({v['simulation'] / 60:.1f} simulation)" for f, v in w["per_family"].items())
     runs = result["runs"]

@@ -136,3 +136,29 @@ def test_mean_over_families_is_the_mean_of_family_means_and_pairs_match_seeds():
     goal = out["goal"]["least_squares"]
     assert goal["margin_vs_transporter30"] == pytest.approx(1 - 6.5 / ((5.5 + 26 / 3) / 2))
     assert goal["wins_at_least_two_thirds"] and goal["levels_progress_l1_gt_l2_gt_flat"]
+
+
+@pytest.mark.timeout(600)
+def test_reanalyse_recomputes_the_placement_from_the_run_directories(tiny_grid, monkeypatch):
+    root, result = tiny_grid
+    monkeypatch.setattr(pq, "results_dir", lambda: root / "results_re")
+    parser = argparse.ArgumentParser()
+    pq.add_arguments(parser)
+    again = pq.run(parser.parse_args(["--reanalyse", str(root / "results" / "pyramids_quality_families.json"),
+                                      "--work", str(root / "work"), "--no-doc"]))
+    assert again["placement"] == result["placement"] and again["wall_clock_seconds"] == result["wall_clock_seconds"]
+    assert "hierarchy" in again["placement"]["side"]["pyramids"]
+
+
+def test_hierarchy_stats_tell_children_that_follow_their_parent_from_chance():
+    """Two parents on two objects moving independently; each child sits 2 px from its own parent."""
+    rng = np.random.default_rng(0)
+    frames = 50
+    parents = rng.uniform(10, 50, size=(frames, 2, 2))
+    children = np.repeat(parents, 2, axis=1) + np.array([2.0, 0.0])  # children 0,1 -> parent 0; 2,3 -> parent 1
+    kps = np.concatenate([parents, children], axis=1)
+    ids = np.tile(np.array([2, 3, 2, 2, 3, 3]), (frames, 1))  # instance ids: object 2 and object 3
+    stats = pq.hierarchy_stats(kps, ids, [2, 4], background=[0])
+    assert stats["same_instance"] == 1.0 and stats["same_instance_chance"] == 0.0
+    assert stats["distance_px"] == pytest.approx(2.0) and stats["distance_px_chance"] > 5.0
+    assert stats["motion_r2"] == pytest.approx(1.0) and stats["motion_r2_chance"] < 0.3
