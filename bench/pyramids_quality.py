@@ -335,9 +335,10 @@ def hierarchy_stats(kps: np.ndarray, ids: np.ndarray, sizes: list[int], backgrou
         level = int(np.searchsorted(starts, p, side="right") - 1)
         own.append(pair(c, p))
         other += [pair(c, q) for q in range(starts[level], starts[level + 1]) if q != p]
-    o, r = np.mean(own, axis=0), np.mean(other, axis=0)
-    return {"same_instance": float(o[0]), "same_instance_chance": float(r[0]), "distance_px": float(o[1]),
-            "distance_px_chance": float(r[1]), "motion_r2": float(o[2]), "motion_r2_chance": float(r[2])}
+    o = np.mean(own, axis=0)
+    r = np.mean(other, axis=0) if other else [None] * 3  # one parent per level: no chance pairing
+    return {"same_instance": float(o[0]), "same_instance_chance": r[0] and float(r[0]), "distance_px": float(o[1]),
+            "distance_px_chance": r[1] and float(r[1]), "motion_r2": float(o[2]), "motion_r2_chance": r[2] and float(r[2])}
 
 
 def _setting(args: argparse.Namespace) -> dict[str, Any]:

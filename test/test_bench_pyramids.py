@@ -72,8 +72,9 @@ def test_families_grid_reports_every_fit_pair_and_placement(tiny_grid):
         over = result["mean_over_families_rmse_px"][fit]["pyramids"]["flattened"]["mean"]
         assert over == pytest.approx(table["pyramids"]["flattened"]["mean"])
     for name, levels in result["placement"]["side"].items():
-        assert set(levels) == ({"level_1", "level_2"} if name == "pyramids" else {"level_1"})
-        for cell in levels.values():
+        assert set(levels) == ({"level_1", "level_2", "hierarchy"} if name == "pyramids" else {"level_1"})
+        assert 0.0 <= levels.get("hierarchy", {}).get("same_instance", 0.0) <= 1.0
+        for cell in (c for k, c in levels.items() if k.startswith("level_")):
             assert sum(cell["fraction"].values()) == pytest.approx(1.0)
             assert set(cell["fraction"]) >= {"arm", "object", "background"}
     md = (root / "results" / "pyramids_quality_families.md").read_text()
