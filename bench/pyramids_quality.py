@@ -32,7 +32,7 @@ for every method and level, per-level keypoint motion, and where the keypoints l
 frames (arm / objects / background, from the simulator's ``/camera/instance_ids`` mask).
 
 The grid's setting was fixed and committed before any of its results was seen (the rule in
-docs/results.md): families side, kuka, default, run in that order (they differ in camera and arm, and the latter two
+docs/results.md): families side, kuka, default, run in that order (they differ in camera and arm; side and kuka
 draw 5 objects per episode from the whole catalogue); today's single-scene setting unchanged
 otherwise: 64 px, 40 train / 20 test episodes of 30 frames (sim seeds 1 and 100000 in every
 family), 600 steps, batch 16, Adam 1e-3, paper map sizes, CPU preset, 3 seeds, one thread.
@@ -443,8 +443,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _simulate(test_dir, setting["test_episodes"], frames, size, 100_000, env, log, scene=family)
         sim_seconds = time.monotonic() - t_family
         masks, classes = instance_masks(test_dir)
-        for name in names:
-            for seed in range(args.seeds):
+        for seed in range(args.seeds):  # seed-major: a family cut short still holds complete seed pairs
+            for name in names:
                 run_dir = fam_dir / "runs" / f"{name}_s{seed}_{suffix}"
                 record = _train_eval(name, seed, run_dir, train_dir, test_dir, steps, common, presets, args, env, log)
                 record = dict(record, family=family,
