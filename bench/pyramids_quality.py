@@ -141,6 +141,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/results.md")
     parser.add_argument("--tag", default="", help="suffix of the result files, e.g. ablation_no_spring "
                         "(bench/results/pyramids_quality_<tag>.json)")
+    parser.add_argument("--no-train", action="store_true",
+                        help="with --families: only collect the runs already recorded under --work (a grid cut short); "
+                        "the JSON lists complete and partial families and the missing runs; wall clock = recorded run times")
     parser.add_argument("--reanalyse", type=Path, metavar="JSON",
                         help="no training: recompute the keypoint placement and hierarchy analyses of a families JSON "
                         "from its run directories under --work (the figures and wall clock stay)")
@@ -433,29 +436,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return _write(result, args)
 
     setting.update(families_requested=families, methods=names)
-    result = {"setting": setting, "families_run": [], "runs": [], "wall_clock_seconds": {"per_family": {}}}
+    result = {"setting": setting, "families_run": [], "families_partial": [], "missing_runs": [], "runs": [],
+              "wall_clock_seconds": {"per_family": {}}}
+    if args.no_train:
+        result["collected_without_training"] = True
     for family in families:
         t_family = time.monotonic()
         fam_dir = work / family
         train_dir = fam_dir / f"sim_train_{size}_{setting['train_episodes']}x{frames}"
         test_dir = fam_dir / f"sim_test_{size}_{setting['test_episodes']}x{frames}"
+        if args.no_train and not (test_dir / "annotations.csv").is_file():
+            result["missing_runs"].append({"family": family, "runs": "all (not simulated)"})
+            continue
         _simulate(train_dir, setting["train_episodes"], frames, size, 1, env, log, scene=family)
         _simulate(test_dir, setting["test_episodes"], frames, size, 100_000, env, log, scene=family)
         sim_seconds = time.monotonic() - t_family
         masks, classes = instance_masks(test_dir)
+        records = []
         for seed in range(args.seeds):  # seed-major: a family cut short still holds complete seed pairs
             for name in names:
                 run_dir = fam_dir / "runs" / f"{name}_s{seed}_{suffix}"
+                if args.no_train and not (run_dir / "bench_run.json").is_file():
+                    result["missing_runs"].append({"family": family, "method": name, "seed": seed})
+                    continue
                 record = _train_eval(name, seed, run_dir, train_dir, test_dir, steps, common, presets, args, env, log)
-                record = dict(record, family=family,
-                              placement=keypoint_placement(run_dir / "landmark_keypoints.npz", masks, classes))
-                result["runs"].append(record)
-                print(f"{family} {name} seed {seed}: {record['rmse_px']}", file=sys.stderr)
-        result["families_run"].append(family)
+                records.append(dict(record, family=family,
+                                    placement=keypoint_placement(run_dir / "landmark_keypoints.npz", masks, classes)))
+                print(f"{family} {name} seed {seed}: {records[-1]['rmse_px']}", file=sys.stderr)
+        if not records:
+            continue
+        result["runs"] += records
+        complete = len(records) == args.seeds * len(names)
+        result["families_run" if complete else "families_partial"].append(family)
+        total = (sum(r["train_seconds"] + r["eval_seconds"] for r in records) if args.no_train
+                 else time.monotonic() - t_family)
         result["wall_clock_seconds"]["per_family"][family] = {
-            "total": round(time.monotonic() - t_family, 1), "simulation": round(sim_seconds, 1)}
-        result["wall_clock_seconds"]["total"] = round(time.monotonic() - started, 1)
-        result.update(family_summary(result["runs"], result["families_run"]))
+            "total": round(total, 1), "simulation": round(0.0 if args.no_train else sim_seconds, 1)}
+        result["wall_clock_seconds"]["total"] = round(sum(v["total"] for v in result["wall_clock_seconds"]["per_family"].values()), 1)
+        result.update(family_summary(result["runs"], result["families_run"] + result["families_partial"]))
         _write_families(result, args)
     return result
 
@@ -621,10 +639,13 @@ def _cell(c: dict | None) -> str:
 def markdown_families(result: dict[str, Any]) -> str:
     """The families grid as Markdown: per family, mean over families, paired comparisons, placement."""
     s = result["setting"]
-    ran, requested = result["families_run"], s["families_requested"]
+    partial = result.get("families_partial", [])
+    ran, requested = result["families_run"] + partial, s["families_requested"]
+    seeds_of = {f: len({r["seed"] for r in result["runs"] if r["family"] == f}) for f in ran}
     lines = [
         f"Scene families {', '.join(ran)}"
         + (f" (of {', '.join(requested)} requested; the rest did not run)" if ran != requested else "")
+        + ("; cut short: " + ", ".join(f"{f} ({seeds_of[f]} of {s['seeds']} seeds)" for f in partial) if partial else "")
         + f": landmark regression RMSE (pixels of {s['size']}×{s['size']} frames), mean ± std over {s['seeds']} seeds "
         f"per family. Per family {s['train_episodes']} train / {s['test_episodes']} test episodes of {s['frames']} "
         f"frames, {s['steps']} steps, batch {s['batch_size']}, Adam {s['lr']:g}"

@@ -163,3 +163,17 @@ def test_hierarchy_stats_tell_children_that_follow_their_parent_from_chance():
     assert stats["same_instance"] == 1.0 and stats["same_instance_chance"] == 0.0
     assert stats["distance_px"] == pytest.approx(2.0) and stats["distance_px_chance"] > 5.0
     assert stats["motion_r2"] == pytest.approx(1.0) and stats["motion_r2_chance"] < 0.3
+
+
+@pytest.mark.timeout(600)
+def test_no_train_collects_a_grid_cut_short_and_says_what_is_missing(tiny_grid, monkeypatch):
+    root, result = tiny_grid
+    monkeypatch.setattr(pq, "results_dir", lambda: root / "results_cut")
+    collected = pq.run(_args(root / "work", "--families", "side,kuka", "--seeds", "2", "--no-train"))
+    assert collected["families_run"] == [] and collected["families_partial"] == ["side"]
+    assert {"family": "kuka", "runs": "all (not simulated)"} in collected["missing_runs"]
+    assert {(m["method"], m["seed"]) for m in collected["missing_runs"] if m["family"] == "side"} == {
+        ("pyramids", 1), ("transporter30", 1)}
+    assert collected["per_family_rmse_px"] == result["per_family_rmse_px"]
+    assert not (root / "work" / "kuka").exists(), "--no-train neither simulates nor trains"
+    assert "cut short: side (1 of 2 seeds)" in (root / "results_cut" / "pyramids_quality_families.md").read_text()
