@@ -177,3 +177,19 @@ def test_no_train_collects_a_grid_cut_short_and_says_what_is_missing(tiny_grid, 
     assert collected["per_family_rmse_px"] == result["per_family_rmse_px"]
     assert not (root / "work" / "kuka").exists(), "--no-train neither simulates nor trains"
     assert "cut short: side (1 of 2 seeds)" in (root / "results_cut" / "pyramids_quality_families.md").read_text()
+
+
+@pytest.mark.timeout(600)
+def test_fit_curve_at_strength_zero_is_the_benchmark_least_squares_figure(tiny_grid):
+    """The post-hoc ridge curve re-fits from the saved keypoints on the benchmark's own frames and halves."""
+    from kp_perception_bench.pyramids_fit_curve import fit_curve
+
+    root, result = tiny_grid
+    for r in result["runs"]:
+        run_dir = next((root / "work" / "side" / "runs").glob(f"{r['method']}_s{r['seed']}_*"))
+        test_dir = next((root / "work" / "side").glob("sim_test_*"))
+        curve = fit_curve(run_dir / "landmark_keypoints.npz", test_dir / "annotations.csv", r["seed"])
+        assert curve["flattened"]["0"] == pytest.approx(r["rmse_px"]["flattened"], rel=1e-9)
+        if r["method"] == "pyramids":
+            assert curve["level_2"]["0"] == pytest.approx(r["rmse_px"]["level_2"], rel=1e-9)
+        assert len(set(curve["flattened"].values())) > 1, "the ridge strength changes the fit"

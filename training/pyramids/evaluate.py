@@ -71,6 +71,27 @@ def _keypoints_in_frames(checkpoint: dict, data_paths: list[str], keys: set[tupl
     return out, encoder
 
 
+def landmark_targets(rows: list, frames: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """F×P×2 annotated pixels and F×P visibility for ``frames`` (sorted landmark names as P)."""
+    names = sorted({a.name for a in rows})
+    index = {k: i for i, k in enumerate(frames)}
+    name_index = {n: j for j, n in enumerate(names)}
+    targets = np.zeros((len(frames), len(names), 2))
+    visible = np.zeros((len(frames), len(names)), dtype=bool)
+    for a in rows:
+        i = index.get((a.sequence, a.frame))
+        if i is not None:
+            targets[i, name_index[a.name]] = (a.x, a.y)
+            visible[i, name_index[a.name]] = a.visible
+    return targets, visible
+
+
+def split_halves(frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fit and scored halves of the annotated frames (a permutation fixed by ``seed``)."""
+    order = np.random.default_rng(seed).permutation(frames)
+    return np.sort(order[: frames // 2]), np.sort(order[frames // 2 :])
+
+
 def evaluate(
     checkpoint: dict, data_paths: list[str], annotations: str | None, out_dir: Path | None, seed: int = 0
 ) -> dict[str, Any]:
@@ -91,18 +112,9 @@ def evaluate(
             f"{annotations}: only {len(frames)} annotated frames found in the given data "
             "(sequence names must match the bag/video/folder stems)"
         )
-    index = {k: i for i, k in enumerate(frames)}
-    name_index = {n: j for j, n in enumerate(names)}
-    targets = np.zeros((len(frames), len(names), 2))
-    visible = np.zeros((len(frames), len(names)), dtype=bool)
-    for a in rows:
-        i = index.get((a.sequence, a.frame))
-        if i is not None:
-            targets[i, name_index[a.name]] = (a.x, a.y)
-            visible[i, name_index[a.name]] = a.visible
+    targets, visible = landmark_targets(rows, frames)
     coords = np.stack([keypoints[k] for k in frames])  # F×N×2
-    order = np.random.default_rng(seed).permutation(len(frames))
-    fit_rows, test_rows = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
+    fit_rows, test_rows = split_halves(len(frames), seed)
 
     sizes = tuple(encoder.level_sizes)
     sets: dict[str, np.ndarray] = {}
