@@ -155,7 +155,7 @@ def evaluate(
         _plot(rmse, checkpoint["kind"], out_dir / "landmarks.png")
         (out_dir / "landmarks.json").write_text(json.dumps(metrics, indent=2))
         np.savez_compressed(
-            out_dir / "landmark_keypoints.npz", keypoints_px=coords.astype(np.float32),
+            out_dir / "landmark_keypoints.npz", keypoints_px=coords,
             sequences=np.array([s for s, _ in frames]), frames=np.array([f for _, f in frames]),
             level_sizes=np.array(sizes),
         )
