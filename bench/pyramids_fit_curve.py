@@ -43,7 +43,7 @@ def fit_curve(npz: Path, annotations: Path, seed: int) -> dict[str, dict[str, fl
     frames = [(str(s), int(f)) for s, f in zip(data["sequences"], data["frames"], strict=True)]
     targets, visible = landmark_targets(read_annotations(annotations), frames)
     fit, test = split_halves(len(frames), seed)
-    coords = data["keypoints_px"].astype(np.float64)
+    coords = data["keypoints_px"]  # the encoder's float32, as the benchmark fits them
     sizes = data["level_sizes"].tolist()
     sets = {"flattened": coords.reshape(len(frames), -1)}
     if len(sizes) > 1:
