@@ -38,7 +38,7 @@ otherwise: 64 px, 40 train / 20 test episodes of 30 frames (sim seeds 1 and 1000
 family), 600 steps, batch 16, Adam 1e-3, paper map sizes, CPU preset, 3 seeds, one thread.
 Expected wall clock on one quiet core: ~80 min (per family ~2.5 min simulation + 3 seeds × (Pyramids
 ~215 s + Transporter-30 ~142 s + KeyNet-30 ~93 s training, ~10 s evaluation each)); longer on a
-shared CPU.
+shared CPU: on 2026-12-03, at load 5-7 on 2 cores, a run took ~2.4x as long and one family ~50 min.
 """
 
 from __future__ import annotations
