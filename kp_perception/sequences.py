@@ -252,6 +252,17 @@ class BagSequence(Sequence):
             except KpPerceptionError as exc:
                 raise DataError(f"{self.source}: {self.topic} frame {i}: {exc}") from None
 
+    def iter_arrays(self) -> Iterator[np.ndarray]:
+        """The topic's images as their native arrays (H×W uint16 for a mono16 instance-id mask, float32
+        depth, ...), not converted to RGB: for label and depth topics that a model never reads."""
+        from kp_perception.image_conversion import image_to_numpy
+
+        for i, msg in enumerate(self._iter_messages()):
+            try:
+                yield image_to_numpy(msg)
+            except KpPerceptionError as exc:
+                raise DataError(f"{self.source}: {self.topic} frame {i}: {exc}") from None
+
     def _content_files(self) -> list[Path]:
         if self.source.is_file():
             return [self.source]

@@ -1,10 +1,19 @@
-"""The Pyramids quality benchmark keeps the paper's FPN map sizes at any image size."""
+"""The Pyramids quality benchmark keeps the paper's FPN map sizes at any image size, and its scene-family
+grid (issue 20) reports per family, over families, paired by seed, with both fits and keypoint placement."""
 
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
+import kp_perception_bench.pyramids_quality as pq
+from kp_perception.errors import KpPerceptionError
 from kp_perception.models import build_encoder
 from kp_perception_bench.pyramids_quality import PAPER_FINEST_MAP, paper_finest_stride
+from kp_perception_training.sim.annotations import read_annotations
 
 
 @pytest.mark.parametrize("size", [64, 128])
@@ -22,3 +31,165 @@ def test_benchmark_stride_is_the_largest_that_keeps_32_cells(size):
     assert stride & (stride - 1) == 0
     assert size // stride >= PAPER_FINEST_MAP or stride == 1
     assert size // (2 * stride) < PAPER_FINEST_MAP
+
+
+# --- scene families (issue 20) -------------------------------------------------------------------
+
+TINY = ["--families", "side", "--seeds", "1", "--methods", "pyramids,transporter30", "--episodes", "2",
+        "--test-episodes", "2", "--frames", "6", "--steps", "5", "--no-doc"]
+
+
+def _args(work: Path, *extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    pq.add_arguments(parser)
+    return parser.parse_args([*TINY, "--work", str(work), *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory):
+    """One family × one seed × two methods × 5 steps through the real sim, train and eval CLIs."""
+    root = tmp_path_factory.mktemp("grid")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pq, "results_dir", lambda: root / "results")
+        result = pq.run(_args(root / "work"))
+    return root, result
+
+
+@pytest.mark.timeout(600)
+def test_families_grid_reports_every_fit_pair_and_placement(tiny_grid):
+    root, result = tiny_grid
+    assert result["families_run"] == ["side"] == result["setting"]["families_requested"]
+    assert json.loads((root / "results" / "pyramids_quality_families.json").read_text()) == result
+    for fit in ("least_squares", "ridge"):
+        table = result["per_family_rmse_px"]["side"][fit]
+        assert set(table["pyramids"]) == {"level_1", "level_2", "flattened"} and "flattened" in table["transporter30"]
+        pair = result["paired_flattened"][fit]["transporter30"]
+        assert pair["pairs"] == 1 and pair["detail"][0]["family"] == "side"
+        p, t = pair["detail"][0]["pyramids"], pair["detail"][0]["transporter30"]
+        assert pair["pyramids_wins"] == int(p < t)
+        assert result["goal"][fit]["margin_vs_transporter30"] == pytest.approx(1 - p / t)
+        # one family: the mean over families is that family's mean
+        over = result["mean_over_families_rmse_px"][fit]["pyramids"]["flattened"]["mean"]
+        assert over == pytest.approx(table["pyramids"]["flattened"]["mean"])
+    for name, levels in result["placement"]["side"].items():
+        assert set(levels) == ({"level_1", "level_2", "hierarchy"} if name == "pyramids" else {"level_1"})
+        assert 0.0 <= levels.get("hierarchy", {}).get("same_instance", 0.0) <= 1.0
+        for cell in (c for k, c in levels.items() if k.startswith("level_")):
+            assert sum(cell["fraction"].values()) == pytest.approx(1.0)
+            assert set(cell["fraction"]) >= {"arm", "object", "background"}
+    md = (root / "results" / "pyramids_quality_families.md").read_text()
+    assert "| side | pyramids |" in md and "paired seed × family wins" in md
+
+
+@pytest.mark.timeout(600)
+def test_ground_truth_points_are_placed_on_their_own_class(tiny_grid):
+    """keypoint_placement on the simulator's masks: visible arm points land on the arm, object points on objects."""
+    root, _ = tiny_grid
+    test_dir = next((root / "work" / "side").glob("sim_test_*"))
+    masks, classes = pq.instance_masks(test_dir)
+    assert {"arm", "object", "background"} <= set(classes.values())
+    by_frame: dict[tuple[str, int], dict[str, tuple[float, float]]] = {}
+    for a in read_annotations(test_dir / "annotations.csv"):
+        if a.visible:
+            group = "arm" if a.name == "gripper" or a.name.startswith("arm/") else "object"
+            by_frame.setdefault((a.sequence, a.frame), {}).setdefault(group, (a.x, a.y))
+    keys = sorted(k for k, g in by_frame.items() if len(g) == 2)
+    assert len(keys) >= 4
+    npz = root / "gt.npz"
+    np.savez(npz, keypoints_px=np.array([[by_frame[k]["arm"], by_frame[k]["object"]] for k in keys]),
+             sequences=np.array([k[0] for k in keys]), frames=np.array([k[1] for k in keys]), level_sizes=np.array([1, 1]))
+    placed = pq.keypoint_placement(npz, masks, classes)
+    assert placed["level_1"]["fraction"]["arm"] == 1.0 and placed["level_1"]["mostly_on"]["arm"] == 1
+    assert placed["level_2"]["fraction"]["object"] == 1.0 and placed["level_2"]["mostly_on"]["object"] == 1
+
+
+@pytest.mark.timeout(600)
+def test_a_rerun_reuses_the_finished_runs(tiny_grid, monkeypatch):
+    root, result = tiny_grid
+    monkeypatch.setattr(pq, "results_dir", lambda: root / "results_again")
+    again = pq.run(_args(root / "work"))
+    assert [r["train_seconds"] for r in again["runs"]] == [r["train_seconds"] for r in result["runs"]]
+    assert again["per_family_rmse_px"] == result["per_family_rmse_px"]
+
+
+def test_unknown_family_is_one_clear_error(tmp_path):
+    with pytest.raises(KpPerceptionError, match="unknown scene family \\['nowhere'\\]"):
+        pq.run(_args(tmp_path, "--families", "default,nowhere"))
+
+
+def _record(family: str, method: str, seed: int, flat: float) -> dict:
+    levels = {"level_1": flat + 2, "level_2": flat + 0.5, "flattened": flat} if method == "pyramids" else {
+        "level_1": flat, "flattened": flat}
+    return {"family": family, "method": method, "seed": seed, "rmse_px": levels,
+            "rmse_px_ridge": {k: v - 0.1 for k, v in levels.items()}}
+
+
+def test_mean_over_families_is_the_mean_of_family_means_and_pairs_match_seeds():
+    runs = [_record("a", "pyramids", s, v) for s, v in enumerate((4.0, 5.0, 6.0))]
+    runs += [_record("a", "transporter30", s, v) for s, v in enumerate((5.0, 4.5, 7.0))]
+    runs += [_record("b", "pyramids", s, v) for s, v in enumerate((8.0, 8.0, 8.0))]
+    runs += [_record("b", "transporter30", s, v) for s, v in enumerate((9.0, 7.0, 10.0))]
+    out = pq.family_summary(runs, ["a", "b"])
+    flat = out["mean_over_families_rmse_px"]["least_squares"]["pyramids"]["flattened"]
+    assert flat["mean"] == pytest.approx((5.0 + 8.0) / 2) and flat["per_family"] == [5.0, 8.0]
+    pairs = out["paired_flattened"]["least_squares"]["transporter30"]
+    assert pairs["pairs"] == 6 and pairs["pyramids_wins"] == 4  # a: s0, s2; b: s0, s2
+    goal = out["goal"]["least_squares"]
+    assert goal["margin_vs_transporter30"] == pytest.approx(1 - 6.5 / ((5.5 + 26 / 3) / 2))
+    assert goal["wins_at_least_two_thirds"] and goal["levels_progress_l1_gt_l2_gt_flat"]
+
+
+@pytest.mark.timeout(600)
+def test_reanalyse_recomputes_the_placement_from_the_run_directories(tiny_grid, monkeypatch):
+    root, result = tiny_grid
+    monkeypatch.setattr(pq, "results_dir", lambda: root / "results_re")
+    parser = argparse.ArgumentParser()
+    pq.add_arguments(parser)
+    again = pq.run(parser.parse_args(["--reanalyse", str(root / "results" / "pyramids_quality_families.json"),
+                                      "--work", str(root / "work"), "--no-doc"]))
+    assert again["placement"] == result["placement"] and again["wall_clock_seconds"] == result["wall_clock_seconds"]
+    assert "hierarchy" in again["placement"]["side"]["pyramids"]
+
+
+def test_hierarchy_stats_tell_children_that_follow_their_parent_from_chance():
+    """Two parents on two objects moving independently; each child sits 2 px from its own parent."""
+    rng = np.random.default_rng(0)
+    frames = 50
+    parents = rng.uniform(10, 50, size=(frames, 2, 2))
+    children = np.repeat(parents, 2, axis=1) + np.array([2.0, 0.0])  # children 0,1 -> parent 0; 2,3 -> parent 1
+    kps = np.concatenate([parents, children], axis=1)
+    ids = np.tile(np.array([2, 3, 2, 2, 3, 3]), (frames, 1))  # instance ids: object 2 and object 3
+    stats = pq.hierarchy_stats(kps, ids, [2, 4], background=[0])
+    assert stats["same_instance"] == 1.0 and stats["same_instance_chance"] == 0.0
+    assert stats["distance_px"] == pytest.approx(2.0) and stats["distance_px_chance"] > 5.0
+    assert stats["motion_r2"] == pytest.approx(1.0) and stats["motion_r2_chance"] < 0.3
+
+
+@pytest.mark.timeout(600)
+def test_no_train_collects_a_grid_cut_short_and_says_what_is_missing(tiny_grid, monkeypatch):
+    root, result = tiny_grid
+    monkeypatch.setattr(pq, "results_dir", lambda: root / "results_cut")
+    collected = pq.run(_args(root / "work", "--families", "side,kuka", "--seeds", "2", "--no-train"))
+    assert collected["families_run"] == [] and collected["families_partial"] == ["side"]
+    assert {"family": "kuka", "runs": "all (not simulated)"} in collected["missing_runs"]
+    assert {(m["method"], m["seed"]) for m in collected["missing_runs"] if m["family"] == "side"} == {
+        ("pyramids", 1), ("transporter30", 1)}
+    assert collected["per_family_rmse_px"] == result["per_family_rmse_px"]
+    assert not (root / "work" / "kuka").exists(), "--no-train neither simulates nor trains"
+    assert "cut short: side (1 of 2 seeds)" in (root / "results_cut" / "pyramids_quality_families.md").read_text()
+
+
+@pytest.mark.timeout(600)
+def test_fit_curve_at_strength_zero_is_the_benchmark_least_squares_figure(tiny_grid):
+    """The post-hoc ridge curve re-fits from the saved keypoints on the benchmark's own frames and halves."""
+    from kp_perception_bench.pyramids_fit_curve import fit_curve
+
+    root, result = tiny_grid
+    for r in result["runs"]:
+        run_dir = next((root / "work" / "side" / "runs").glob(f"{r['method']}_s{r['seed']}_*"))
+        test_dir = next((root / "work" / "side").glob("sim_test_*"))
+        curve = fit_curve(run_dir / "landmark_keypoints.npz", test_dir / "annotations.csv", r["seed"])
+        assert curve["flattened"]["0"] == pytest.approx(r["rmse_px"]["flattened"], rel=1e-9)
+        if r["method"] == "pyramids":
+            assert curve["level_2"]["0"] == pytest.approx(r["rmse_px"]["level_2"], rel=1e-9)
+        assert len(set(curve["flattened"].values())) > 1, "the ridge strength changes the fit"

@@ -141,6 +141,14 @@ def test_landmark_evaluation_scores_the_learned_keypoints_in_frame_pixels(traine
     assert metrics["rmse_px"]["flattened"] < 0.2 * spread
     assert metrics["fit_frames"] + metrics["test_frames"] == len(images)
     assert (tmp_path / "eval" / "landmarks.png").stat().st_size > 0
+    # the ridge fit (fixed alphas, CV in the fit half) scores the same sets and also explains the object
+    assert set(metrics["rmse_px_ridge"]) == set(metrics["rmse_px"])
+    assert metrics["rmse_px_ridge"]["flattened"] < 0.2 * spread
+    assert set(metrics["keypoint_motion_px_per_level"]) == {"level_1", "level_2"}
+    assert max(metrics["keypoint_motion_px_per_level"].values()) > 0.5, "the learned keypoints follow the square"
+    saved = np.load(tmp_path / "eval" / "landmark_keypoints.npz")
+    assert saved["keypoints_px"].shape == (len(images), sum(saved["level_sizes"]), 2)
+    assert list(saved["frames"]) == list(range(len(images))) and set(saved["sequences"]) == {"squares"}
     # same seed, same split and numbers
     again = evaluate(checkpoint, [str(seq)], str(ann), None, seed=0)
     assert again["rmse_px"] == metrics["rmse_px"]

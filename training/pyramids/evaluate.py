@@ -12,6 +12,12 @@ Protocol:
 - Visibility-aware: a landmark is fitted only on frames where it is visible
   and scored only where it is visible; invisible points are left out.
 - RMSE = sqrt(mean over scored (frame, landmark) of the squared Euclidean error), in pixels.
+- Beside least squares (``rmse_px``, the paper's protocol) the same split is scored with ridge
+  regression on standardised columns (``rmse_px_ridge``; strength by 5-fold CV inside the fit
+  half from the fixed ``RIDGE_ALPHAS``), the same for every method and level: it shows whether a
+  larger keypoint set (flattened) gains or loses only through regression overfitting.
+- The keypoints of every annotated frame are written to ``landmark_keypoints.npz`` beside the
+  JSON, so placement analyses (e.g. against the simulator's instance-id masks) need no re-run.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from kp_perception.errors import DataError, ModelLoadError
-from kp_perception_training.evaluation.landmarks import landmark_rmse
+from kp_perception_training.evaluation.landmarks import RIDGE_ALPHAS, landmark_rmse
 
 
 def _onnx_keypoints(checkpoint: dict, onnx: str | Path, caches, keys, width: int, height: int):
@@ -98,6 +104,27 @@ def _keypoints_in_frames(checkpoint: dict, data_paths: list[str], keys: set[tupl
     return out, tuple(encoder.level_sizes), "fp32 (torch)"
 
 
+def landmark_targets(rows: list, frames: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """F×P×2 annotated pixels and F×P visibility for ``frames`` (sorted landmark names as P)."""
+    names = sorted({a.name for a in rows})
+    index = {k: i for i, k in enumerate(frames)}
+    name_index = {n: j for j, n in enumerate(names)}
+    targets = np.zeros((len(frames), len(names), 2))
+    visible = np.zeros((len(frames), len(names)), dtype=bool)
+    for a in rows:
+        i = index.get((a.sequence, a.frame))
+        if i is not None:
+            targets[i, name_index[a.name]] = (a.x, a.y)
+            visible[i, name_index[a.name]] = a.visible
+    return targets, visible
+
+
+def split_halves(frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fit and scored halves of the annotated frames (a permutation fixed by ``seed``)."""
+    order = np.random.default_rng(seed).permutation(frames)
+    return np.sort(order[: frames // 2]), np.sort(order[frames // 2 :])
+
+
 def evaluate(
     checkpoint: dict, data_paths: list[str], annotations: str | None, out_dir: Path | None, seed: int = 0,
     onnx: str | Path | None = None,
@@ -122,18 +149,9 @@ def evaluate(
             f"{annotations}: only {len(frames)} annotated frames found in the given data "
             "(sequence names must match the bag/video/folder stems)"
         )
-    index = {k: i for i, k in enumerate(frames)}
-    name_index = {n: j for j, n in enumerate(names)}
-    targets = np.zeros((len(frames), len(names), 2))
-    visible = np.zeros((len(frames), len(names)), dtype=bool)
-    for a in rows:
-        i = index.get((a.sequence, a.frame))
-        if i is not None:
-            targets[i, name_index[a.name]] = (a.x, a.y)
-            visible[i, name_index[a.name]] = a.visible
+    targets, visible = landmark_targets(rows, frames)
     coords = np.stack([keypoints[k] for k in frames])  # F×N×2
-    order = np.random.default_rng(seed).permutation(len(frames))
-    fit_rows, test_rows = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
+    fit_rows, test_rows = split_halves(len(frames), seed)
 
     sets: dict[str, np.ndarray] = {}
     offset = 0
@@ -142,16 +160,23 @@ def evaluate(
         offset += n
     sets["flattened"] = coords.reshape(len(frames), -1)
     rmse = {name: landmark_rmse(x, targets, visible, fit_rows, test_rows) for name, x in sets.items()}
+    rmse_ridge = {name: landmark_rmse(x, targets, visible, fit_rows, test_rows, RIDGE_ALPHAS) for name, x in sets.items()}
     # Reference: intercept only (each landmark's mean position); keypoints must beat it to carry information.
     no_keypoints = landmark_rmse(np.zeros((len(frames), 0)), targets, visible, fit_rows, test_rows)
     motion = coords.std(axis=0).mean(axis=1)  # N, pixels: how much each keypoint moves over the frames
+    bounds = np.cumsum((0, *sizes))
     metrics = {
         "kind": checkpoint["kind"],
         # Collapse diagnostics: keypoints that never move, and distinct positions among the mean locations.
         "keypoint_motion_px": float(motion.mean()),
+        "keypoint_motion_px_per_level": {
+            f"level_{level + 1}": float(motion[bounds[level] : bounds[level + 1]].mean()) for level in range(len(sizes))
+        },
         "static_keypoints": int((motion < 0.5).sum()),
         "level_sizes": list(sizes),
         "rmse_px": rmse,
+        "rmse_px_ridge": rmse_ridge,
+        "ridge_alphas": list(RIDGE_ALPHAS),
         "rmse_px_intercept_only": no_keypoints,
         "frames": len(frames),
         "fit_frames": len(fit_rows),
@@ -167,6 +192,11 @@ def evaluate(
         out_dir.mkdir(parents=True, exist_ok=True)
         _plot(rmse, checkpoint["kind"], out_dir / "landmarks.png")
         (out_dir / "landmarks.json").write_text(json.dumps(metrics, indent=2))
+        np.savez_compressed(
+            out_dir / "landmark_keypoints.npz", keypoints_px=coords,
+            sequences=np.array([s for s, _ in frames]), frames=np.array([f for _, f in frames]),
+            level_sizes=np.array(sizes),
+        )
         metrics["plot"] = str(out_dir / "landmarks.png")
     return metrics
 

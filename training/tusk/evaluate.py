@@ -44,7 +44,7 @@ from kp_perception_training.evaluation.ari import foreground_ari
 from kp_perception_training.evaluation.attributes import attribute_accuracy, match_points
 from kp_perception_training.evaluation.descriptor_probe import shape_colour_probe
 from kp_perception_training.evaluation.detection import detection_metrics
-from kp_perception_training.evaluation.landmarks import landmark_rmse
+from kp_perception_training.evaluation.landmarks import RIDGE_ALPHAS, landmark_rmse
 from kp_perception_training.evaluation.purity import inverse_purity, purity
 from kp_perception_training.tusk.method import TuskMethod
 
@@ -263,10 +263,6 @@ def prototype_slots(xy: np.ndarray, prototypes: np.ndarray, num_prototypes: int)
     return slots.reshape(-1)
 
 
-# Ridge strengths for the sparse prototype-slot input (kp_perception_training.evaluation.landmarks).
-LANDMARK_RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
-
-
 def _landmark_regression(features: np.ndarray, targets: np.ndarray, seed: int) -> dict[str, float] | None:
     """RMSE (px) from prototype slots to annotated points (CV ridge), and the intercept-only RMSE beside it."""
     visible = ~np.isnan(targets[..., 0]) & (np.nan_to_num(targets[..., 2]) > 0)
@@ -275,7 +271,7 @@ def _landmark_regression(features: np.ndarray, targets: np.ndarray, seed: int) -
     xy = np.nan_to_num(targets[..., :2])
     try:
         return {
-            "landmark_rmse_px": landmark_rmse(features, xy, visible, order[:half], order[half:], LANDMARK_RIDGE_ALPHAS),
+            "landmark_rmse_px": landmark_rmse(features, xy, visible, order[:half], order[half:], RIDGE_ALPHAS),
             "landmark_rmse_intercept_only_px": landmark_rmse(
                 features[:, :0], xy, visible, order[:half], order[half:]
             ),
