@@ -164,7 +164,7 @@ def _metrics_of(result: dict) -> list[str]:
     wanted = {
         "tetrominoes": ["foreground_ari", "shape_accuracy", "colour_accuracy"],
         "mnist-hard": ["localisation", "classification"],
-        "tabletop": ["purity"],
+        "tabletop": ["purity", "inverse_purity", "detection_recall"],
     }[result["dataset"]]
     return [m for m in wanted if any(isinstance(p.get(m), int | float) for p in result["curve"])]
 

@@ -61,8 +61,17 @@ def draw_pyramid(frame_rgb: np.ndarray, result: KeypointPyramidResult) -> np.nda
     return canvas
 
 
-def draw_detections(frame_rgb: np.ndarray, result: PrototypeDetectionResult) -> np.ndarray:
-    """Return a copy of ``frame_rgb`` (H×W×3 uint8) with detections coloured by prototype id."""
+def draw_detections(
+    frame_rgb: np.ndarray,
+    result: PrototypeDetectionResult,
+    prototype_colours: dict[int, tuple[int, int, int]] | None = None,
+    prototype_labels: dict[int, str] | None = None,
+) -> np.ndarray:
+    """Return a copy of ``frame_rgb`` (H×W×3 uint8) with detections coloured by prototype id.
+
+    ``prototype_colours`` / ``prototype_labels`` (optional, by prototype id) replace the
+    palette colour and the id text, e.g. with the object type a prototype stands for.
+    """
     canvas = np.ascontiguousarray(frame_rgb, dtype=np.uint8).copy()
     colours = palette(max(int(result.num_prototypes), 1))
     scale = max(canvas.shape[0], canvas.shape[1]) / 256.0
@@ -70,10 +79,12 @@ def draw_detections(frame_rgb: np.ndarray, result: PrototypeDetectionResult) -> 
     pts = np.rint(np.asarray(result.xy, dtype=np.float64)).astype(np.int64)
     for pt, proto in zip(pts, np.asarray(result.prototypes).tolist(), strict=True):
         colour = _colour(colours[int(proto) % len(colours)])
+        if prototype_colours is not None and int(proto) in prototype_colours:
+            colour = tuple(int(c) for c in prototype_colours[int(proto)])
         cv2.circle(canvas, _pt(pt), radius, colour, 2, cv2.LINE_AA)
         cv2.putText(
             canvas,
-            str(int(proto)),
+            (prototype_labels or {}).get(int(proto), str(int(proto))),
             (int(pt[0]) + radius + 1, int(pt[1]) - radius - 1),
             cv2.FONT_HERSHEY_SIMPLEX,
             0.35 * max(scale, 1.0),

@@ -166,6 +166,10 @@ def test_tusk_demo_publishes_prototype_detections(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames_received"] >= 9 and summary["node_exit_code"] == 0
     assert iio.imread(out / "keypoints.gif", index=None).shape[0] == summary["frames_received"]
+    protos = summary["prototypes"]  # how the prototypes name the clip's object types (it carries ground truth)
+    assert 1 <= protos["fired"] and protos["matched_to_objects"] <= protos["fired"]
+    assert protos["purity"] is None or 0.0 < protos["purity"] <= 1.0
+    assert "prototypes:" in proc.stdout and "fired" in proc.stdout
     sidecar = read_sidecar(sidecar_path(model))
     store = kp_typestore()
     with Reader(out / "node_output") as reader:

@@ -8,10 +8,13 @@ from kp_perception.errors import ConfigError
 from kp_perception_training.tusk.decoders import RgbaDecoder, SplatDecoder
 from kp_perception_training.tusk.losses import (
     VGGPerceptual,
+    ema_prototype_update,
     equivariance_loss,
     kmeans_loss,
+    kmeans_schedule,
     reconstruction_loss,
     sliced_wasserstein_loss,
+    uniformity_loss,
 )
 from kp_perception_training.tusk.prototype_restart import reseed_unused_prototypes
 from kp_perception_training.tusk.tps import apply_tps, identity_tps, random_tps
@@ -199,3 +202,61 @@ def test_background_starts_at_the_static_scene_of_the_first_batch():
     assert bool(dec.background_ready)
     assert torch.allclose(dec.background_colours(16, 16)[0], table, atol=1e-5)
     assert "background_ready" in dec.state_dict()
+
+
+# ----------------------------------------------------------------- prototype schemes (issue 15)
+def test_kmeans_schedule_is_off_during_warmup_then_ramps_linearly_to_one():
+    assert [kmeans_schedule(s, 10, 4) for s in (0, 9, 10, 11, 13, 100)] == [0.0, 0.0, 0.25, 0.5, 1.0, 1.0]
+    assert kmeans_schedule(0) == 1.0  # defaults: always on, as before
+    assert kmeans_schedule(5, 5, 0) == 1.0
+
+
+def test_uniformity_is_lower_for_spread_descriptors_and_its_gradient_spreads_them():
+    torch.manual_seed(0)
+    spread = F.normalize(torch.randn(64, 8), dim=1)
+    tight = F.normalize(torch.ones(64, 8) + 0.05 * torch.randn(64, 8), dim=1)
+    assert uniformity_loss(spread) < uniformity_loss(tight) - 1.0
+    x = tight.clone().requires_grad_(True)
+    before = torch.pdist(tight).mean()
+    for _ in range(50):
+        loss = uniformity_loss(F.normalize(x, dim=1))
+        grad, = torch.autograd.grad(loss, x)
+        x = (x - 0.5 * grad).detach().requires_grad_(True)
+    assert torch.pdist(F.normalize(x, dim=1)).mean() > 2 * before
+
+
+def test_uniformity_weights_leave_out_zero_weight_descriptors():
+    torch.manual_seed(0)
+    desc = F.normalize(torch.randn(10, 8), dim=1)
+    moved = desc.clone()
+    moved[0] = desc[1]  # a duplicate, but with weight 0
+    w = torch.ones(10)
+    w[0] = 0
+    assert torch.allclose(uniformity_loss(moved, weights=w), uniformity_loss(desc[1:]))
+
+
+def test_ema_update_moves_used_prototypes_to_their_cluster_means_and_leaves_unused_ones():
+    torch.manual_seed(0)
+    centres = F.normalize(torch.randn(2, 16), dim=1)
+    desc = F.normalize(centres.repeat_interleave(32, 0) + 0.02 * torch.randn(64, 16), dim=1)
+    protos = F.normalize(centres + 0.3 * torch.randn(2, 16), dim=1)
+    protos = torch.cat([protos, -centres[:1]])  # the third is nearest to nothing
+    unused = protos[2].clone()
+    start = (protos[:2] - centres).norm(dim=1)
+    for _ in range(30):
+        counts = ema_prototype_update(protos, desc, decay=0.8)
+    assert counts.tolist() == [32.0, 32.0, 0.0]
+    assert ((protos[:2] - centres).norm(dim=1) < 0.1 * start).all()
+    assert torch.equal(protos[2], unused)
+    assert torch.allclose(protos.norm(dim=1), torch.ones(3))
+
+
+def test_scheme_options_default_to_the_reference_behaviour_and_bad_decay_is_refused():
+    from kp_perception_training.config import build_config
+    from kp_perception_training.tusk.config import TuskConfig
+
+    cfg = build_config(TuskConfig, {})
+    assert cfg.prototypes.update == "sw" and cfg.loss.uniformity == 0.0
+    assert cfg.loss.kmeans_warmup_steps == 0 and cfg.loss.kmeans_ramp_steps == 0
+    with pytest.raises(ConfigError, match="ema_decay"):
+        build_config(TuskConfig, {"prototypes": {"update": "ema", "ema_decay": 1.5}})

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -122,3 +123,131 @@ def test_train_and_eval_cli_on_simulated_tetrominoes(tmp_path):
     assert -1.0 <= got["foreground_ari"] <= 1.0
     assert 0.0 <= got["shape_accuracy"] <= 1.0 and 0.0 <= got["colour_accuracy"] <= 1.0
     assert res.returncode == 0
+
+
+# ----------------------------------------------------------------- three kinds: types, and a seeded collapse
+THREE_COLOURS = np.array([[1.0, 0.2, 0.2], [0.2, 0.4, 1.0], [0.2, 0.9, 0.2]], dtype=np.float32)
+
+
+def _three_kind_mask(kind: int, x: int, y: int) -> np.ndarray:
+    """A 7-px red square, blue cross or green triangle with its top-left corner at (x, y)."""
+    m = np.zeros((SIZE, SIZE), bool)
+    if kind == 0:
+        m[y + 1 : y + 6, x + 1 : x + 6] = True
+    elif kind == 1:
+        m[y : y + 7, x + 3 : x + 4] = True
+        m[y + 3 : y + 4, x : x + 7] = True
+    else:
+        for r in range(7):
+            m[y + r, x + 3 - r // 2 : x + 4 + r // 2] = True
+    return m
+
+
+def make_three_kind_scene(rng: np.random.Generator):
+    """One object of each of the three kinds, at random non-overlapping places (all three visible at once)."""
+    while True:
+        image = np.zeros((3, SIZE, SIZE), np.float32)
+        taken = np.zeros((SIZE, SIZE), bool)
+        centres: list[tuple[float, float]] = []
+        for kind in range(3):
+            for _ in range(200):
+                x, y = (int(v) for v in rng.integers(1, SIZE - 8, size=2))
+                grown = np.zeros_like(taken)
+                grown[max(y - 2, 0) : y + 9, max(x - 2, 0) : x + 9] = True
+                if not (grown & taken).any():
+                    break
+            else:
+                break  # no room left: draw the scene again
+            taken |= grown
+            image[:, _three_kind_mask(kind, x, y)] = THREE_COLOURS[kind][:, None]
+            centres.append((x + 3.0, y + 3.0))
+        if len(centres) == 3:
+            return image, centres, [0, 1, 2]
+
+
+THREE_KIND_CONFIG = {
+    "model": {"num_keypoints": 3, "num_prototypes": 6, "nms_window": 13, "width": 16, "descriptor_dim": 8},
+    "data": {"image_size": SIZE},
+    "decoder": {"kind": "rgba", "rgba": {"hidden": 64, "sprite_px": 9}},
+    "loss": {"equivariance_features": 0.0},
+    "optim": {"lr": 3e-3},
+    "prototypes": {"steps": 4},
+}
+
+
+def _train_three_kinds(seed: int, config: dict, steps: int = 400, equal_prototypes: bool = False) -> dict:
+    """Train on 160 three-kind scenes; held-out purity, prototypes in use, keypoint error and CPU seconds."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    scenes = [make_three_kind_scene(rng) for _ in range(192)]
+    images = torch.tensor(np.stack([s[0] for s in scenes]))
+    method = TuskMethod(build_config(TuskMethod.config_class, config))
+    if equal_prototypes:  # the seeded collapse: every prototype the same vector
+        with torch.no_grad():
+            method.encoder.prototypes.copy_(method.encoder.prototypes[:1].expand_as(method.encoder.prototypes))
+    opts = method.configure_optimizers()
+    start = time.process_time()
+    for _ in range(steps):
+        batch = {"image": images[torch.randint(0, 160, (16,))]}
+        loss, _, extra = method(batch)
+        opts["main"].zero_grad()
+        loss.backward()
+        opts["main"].step()
+        method.after_main_step(batch, extra, opts)
+    cpu = time.process_time() - start
+    method.eval()
+    with torch.no_grad():
+        out = method.encoder.infer(images[160:])
+    kp_px = ((out["keypoints"] + 1) / 2 * (SIZE - 1)).numpy()
+    protos, kinds, errors = [], [], []
+    for i, (_, centres, obj_kinds) in enumerate(scenes[160:]):
+        for p, t in match_points(kp_px[i], np.array(centres)):
+            errors.append(np.linalg.norm(kp_px[i][p] - np.array(centres[t])))
+            protos.append(int(out["prototype_ids"][i, p]))
+            kinds.append(obj_kinds[t])
+    return {"purity": purity(protos, kinds), "used": len(set(protos)), "error_px": float(np.median(errors)),
+            "cpu_s": cpu, "matched": len(protos)}
+
+
+@pytest.mark.timeout(900)  # ~30 CPU-s per seed here (seeds 0-3: purity 1.0, 3-4 in use); generous for a shared CPU
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tiny_three_kind_scene_trains_in_under_a_minute_with_one_prototype_per_kind(seed):
+    got = _train_three_kinds(seed, THREE_KIND_CONFIG)
+    assert got["cpu_s"] < 60.0, got
+    assert got["matched"] >= 0.9 * 32 * 3, got  # keypoints find (nearly) every object
+    assert got["error_px"] < 3.5, got  # objects are 7 px wide: on the object
+    assert got["purity"] > 0.9 and got["used"] >= 3, got
+
+
+@pytest.mark.timeout(900)
+def test_a_seeded_collapse_is_repaired():
+    """All prototypes start as one vector; the restarts (and SW noise) spread them over the three kinds."""
+    config = {**THREE_KIND_CONFIG, "model": {**THREE_KIND_CONFIG["model"], "num_prototypes": 4}}
+    got = _train_three_kinds(0, config, equal_prototypes=True)
+    assert got["used"] > 4 / 2, got
+    assert got["purity"] > 0.9, got
+
+
+def test_kmeans_warmup_and_ema_updates_take_effect_inside_the_training_step():
+    config = {**THREE_KIND_CONFIG, "loss": {"equivariance_features": 0.0, "kmeans_warmup_steps": 2,
+                                            "kmeans_ramp_steps": 2, "uniformity": 0.1},
+              "prototypes": {"update": "ema", "ema_decay": 0.5, "restart_every": 0}}
+    torch.manual_seed(0)
+    images = torch.tensor(np.stack([make_three_kind_scene(np.random.default_rng(i))[0] for i in range(4)]))
+    method = TuskMethod(build_config(TuskMethod.config_class, config))
+    opts = method.configure_optimizers()
+    weights, moved = [], []
+    for _ in range(4):
+        before = method.encoder.prototypes.detach().clone()
+        loss, logs, extra = method({"image": images})
+        opts["main"].zero_grad()
+        loss.backward()
+        opts["main"].step()
+        method.after_main_step({"image": images}, extra, opts)
+        weights.append(logs["loss/kmeans_weight"])
+        moved.append(float((method.encoder.prototypes.detach() - before).abs().max()))
+        assert "loss/uniformity" in logs
+    assert weights == [0.0, 0.0, 0.005, 0.01]  # 0.01 × (off, off, half, full)
+    assert all(m > 0 for m in moved)  # EMA moved the nearest prototypes each batch
+    assert not opts["prototypes"].state  # ... without the SW optimiser
+    assert int(method.main_steps) == 4

@@ -124,7 +124,13 @@ def summarise(args, frames, recording, sent, received, node_exit, domain) -> dic
         correlation = round(float(np.corrcoef(disp[both], gts[both])[0, 1]), 3)
 
     out = args.out
+    types = None if pyramid else prototype_types(recording / "annotations.csv", results, args.size)
     draw = draw_pyramid if pyramid else draw_detections
+    if types is not None:  # detections coloured by (and labelled with) the object type their prototype stands for
+        colours, labels = types.pop("colours"), types.pop("labels")
+
+        def draw(frame, result):  # noqa: F811  (the TUSK variant of the drawing function)
+            return draw_detections(frame, result, colours, labels)
     gif, mp4, png = out / "keypoints.gif", out / "keypoints.mp4", out / "keypoints.png"
     shown = sorted(results)
     if shown:
@@ -170,6 +176,7 @@ def summarise(args, frames, recording, sent, received, node_exit, domain) -> dic
             "per_pair": [{"frame": i, "keypoints_px": round(d, 3), "ground_truth_px": None if not np.isfinite(g)
                           else round(float(g), 3)} for i, d, g in pairs],
         },
+        **({"prototypes": types} if types is not None else {}),
         "node_diagnostics": diagnostics,
         "node_exit_code": node_exit,
         "outputs": {
@@ -180,6 +187,53 @@ def summarise(args, frames, recording, sent, received, node_exit, domain) -> dic
             "summary": str(out / "summary.json"),
             "node_log": str(out / "node.log"),
         },
+    }
+
+
+def prototype_types(annotations_csv: Path, results: dict[int, Any], size: int) -> dict[str, Any]:
+    """How the node's prototypes name the clip's object types (the clip carries ground truth).
+
+    Detections are matched to the annotated objects as ``kp-perception eval`` does
+    (nearest visible ``<object>/<point>`` within 8 % of the frame side); each prototype
+    stands for the type most of its matched detections lie on. Returns the
+    prototypes fired, purity / inverse purity against the types, detection recall,
+    and, for drawing, each matched prototype's type colour (the simulator's
+    catalogue) and name.
+    """
+    from kp_perception_training.evaluation.purity import inverse_purity, purity
+    from kp_perception_training.sim.annotations import object_points, read_annotations
+    from kp_perception_training.sim.catalogue import CATALOGUE, object_type
+    from kp_perception_training.tusk.evaluate import match_to_objects
+
+    objects = object_points(read_annotations(annotations_csv), annotations_csv)
+    sequence = next(iter(objects))[0] if objects else "episode_000"
+    protos: list[int] = []
+    kinds: list[str] = []
+    recalled: list[bool] = []
+    fired: set[int] = set()
+    for i, result in results.items():
+        ids = np.asarray(result.prototypes).reshape(-1)
+        fired.update(int(p) for p in ids)
+        matches, seen = match_to_objects(np.asarray(result.xy), ids, objects.get((sequence, i), {}), 0.08 * size)
+        protos += [p for p, _ in matches]
+        kinds += [object_type(o) for _, o in matches]
+        recalled += [r for _, r in seen]
+    majority: dict[int, str] = {}
+    for p in set(protos):
+        members = [k for q, k in zip(protos, kinds, strict=True) if q == p]
+        majority[p] = max(set(members), key=members.count)
+    colours = {p: tuple(int(round(255 * c)) for c in CATALOGUE[t].rgba[:3])
+               for p, t in majority.items() if t in CATALOGUE}
+    return {
+        "fired": len(fired),
+        "matched_to_objects": len(set(protos)),
+        "detections_matched": len(protos),
+        "purity": round(purity(protos, kinds), 3) if protos else None,
+        "inverse_purity": round(inverse_purity(protos, kinds), 3) if protos else None,
+        "detection_recall": round(float(np.mean(recalled)), 3) if recalled else None,
+        "type_of_prototype": {str(p): t for p, t in sorted(majority.items())},
+        "colours": colours,
+        "labels": {p: f"{p}:{t}" for p, t in majority.items()},
     }
 
 
@@ -205,6 +259,12 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
         f"{motion['ground_truth_mean_displacement_px']} px/frame, correlation {motion['correlation_with_ground_truth']})",
         f"outputs in {out}/:",
     ]
+    protos = summary.get("prototypes")
+    if protos is not None:
+        lines.insert(3, (
+            f"  prototypes: {protos['fired']} fired, {protos['matched_to_objects']} on objects; purity "
+            f"{protos['purity']} against the object types (inverse {protos['inverse_purity']}), detection recall "
+            f"{protos['detection_recall']} on this clip's ground truth; detections coloured by object type"))
     for key, path in summary["outputs"].items():
         if isinstance(path, str):
             lines.append(f"  {key:10s} {path}")

@@ -24,7 +24,13 @@ def add_parser(subparsers) -> None:
     )
     sub.add_argument("run", metavar="RUN", type=Path, help="training run directory or a .pt checkpoint")
     sub.add_argument("--data", nargs="+", required=True, metavar="PATH", help="evaluation data sources")
-    sub.add_argument("--annotations", metavar="CSV", help="annotations CSV (sequence,frame,name,x,y) for landmarks")
+    sub.add_argument(
+        "--annotations", metavar="CSV",
+        help="annotations CSV (sequence,frame,name,x,y[,visible]) for landmarks; TUSK groups rows into objects "
+             "by '<object>/<point>' names (e.g. mug/centre, duck_2/surface_0; the type is the object name "
+             "without a _<n> suffix), leaves out arm/... rows and names without '/', and refuses a CSV in "
+             "which no name has that form",
+    )
     sub.add_argument("--json", type=Path, metavar="FILE", help="also write the metrics JSON here")
     sub.add_argument(
         "--checkpoint", choices=("best", "last"), default="best",

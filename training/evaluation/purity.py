@@ -32,3 +32,22 @@ def purity(prototype_ids: np.ndarray, identities: np.ndarray) -> float:
 def inverse_purity(prototype_ids: np.ndarray, identities: np.ndarray) -> float:
     """Purity with the roles swapped: does each identity go to one prototype? (splitting is punished)."""
     return purity(identities, prototype_ids)
+
+
+def purity_by_identity(prototype_ids: np.ndarray, identities: np.ndarray) -> dict:
+    """Per identity: the share of its detections on prototypes whose majority identity is it.
+
+    Purity's per-kind breakdown (e.g. by object type): a kind that shares its
+    prototypes with a more frequent kind scores near 0 here even when the
+    overall purity is high. Ties of the majority go to the first identity seen.
+    """
+    protos = np.asarray(prototype_ids).reshape(-1).tolist()
+    ids = np.asarray(identities).reshape(-1).tolist()
+    if len(protos) != len(ids):
+        raise ValueError(f"{len(protos)} prototype ids but {len(ids)} identities")
+    counts: dict = {}
+    for p, i in zip(protos, ids, strict=True):
+        counts.setdefault(p, Counter())[i] += 1
+    majority = {p: c.most_common(1)[0][0] for p, c in counts.items()}
+    total, right = Counter(ids), Counter(i for p, i in zip(protos, ids, strict=True) if majority[p] == i)
+    return {i: right[i] / total[i] for i in sorted(total)}

@@ -117,6 +117,45 @@ def group_by_frame(
     return grouped
 
 
+def object_of(name: str) -> str | None:
+    """The object a point name belongs to (``duck_2/centre`` -> ``duck_2``); None for the arm and ``gripper``.
+
+    The naming convention every object evaluator relies on: ``<object>/<point>``
+    rows belong to ``<object>``; ``arm/<link>`` rows and names without ``/``
+    (``gripper``) are not objects.
+    """
+    head, sep, _ = name.partition("/")
+    return head if sep and head and head != "arm" else None
+
+
+def object_points(
+    annotations: Iterable[Annotation], path: str | Path = "annotations",
+) -> dict[tuple[str, int], dict[str, list[tuple[float, float]]]]:
+    """Visible points grouped by (sequence, frame) then by object (:func:`object_of`), in pixels.
+
+    Raises DataError when no row names an object: a CSV whose names have no
+    ``<object>/<point>`` form would otherwise match nothing, silently.
+    """
+    rows = list(annotations)
+    grouped: dict[tuple[str, int], dict[str, list[tuple[float, float]]]] = {}
+    named = False
+    for a in rows:
+        obj = object_of(a.name)
+        if obj is None:
+            continue
+        named = True
+        frame = grouped.setdefault((a.sequence, int(a.frame)), {})
+        if a.visible:
+            frame.setdefault(obj, []).append((a.x, a.y))
+    if not named:
+        examples = ", ".join(repr(n) for n in sorted({a.name for a in rows})[:3]) or "none"
+        raise DataError(
+            f"{path}: no annotation names an object: names must be '<object>/<point>' "
+            f"(e.g. 'mug/centre'; 'arm/...' rows and names without '/' are left out), got {examples}"
+        )
+    return grouped
+
+
 def _parse_xyz(cells: tuple[str, ...]) -> tuple[float, float, float] | None:
     if not any(c.strip() for c in cells):
         return None

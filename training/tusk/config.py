@@ -79,6 +79,12 @@ class TuskLoss:
     sw_projections: int = 100  # sliced-Wasserstein projections of the prototype steps
     sw_noise_std: float = 0.02
     sw_min_score: float = 0.0  # descriptors below this score are left out of the prototype steps
+    # k-means weight schedule: 0 for the first warmup steps, then a linear ramp to ``kmeans`` (0, 0 = always on)
+    kmeans_warmup_steps: int = 0
+    kmeans_ramp_steps: int = 0
+    # uniformity of the descriptors (Wang & Isola 2020: log mean exp(-t·|di - dj|²)), keeps them spread; 0 = off
+    uniformity: float = 0.0
+    uniformity_temperature: float = 2.0
 
     def check(self) -> None:
         if self.perceptual_weight > 0 and not self.vgg16_weights:
@@ -89,6 +95,11 @@ class TuskLoss:
 class TuskPrototypes:
     """The ``prototypes`` section: the prototype-only steps after each main step.
 
+    ``update``: ``sw`` (the reference: ``steps`` Adam steps on the sliced-Wasserstein
+    loss) or ``ema`` (mini-batch k-means: each prototype moves to
+    ``ema_decay`` × itself + (1 - ``ema_decay``) × the mean of the batch's
+    descriptors nearest to it, then back onto the unit sphere; no optimiser steps).
+
     ``restart_every``: every this many batches, prototypes chosen by fewer than
     ``restart_below`` × an even share of the descriptors since the last restart
     are re-seeded on the data (training/tusk/prototype_restart.py); 0 = never.
@@ -97,8 +108,14 @@ class TuskPrototypes:
     steps: int = 8
     lr: float = 0.1
     betas: tuple[float, float] = (0.5, 0.999)
+    update: Literal["sw", "ema"] = "sw"
+    ema_decay: float = 0.9
     restart_every: int = 25
     restart_below: float = 0.1
+
+    def check(self) -> None:
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigKeyError("ema_decay", f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
 @dataclass(frozen=True)

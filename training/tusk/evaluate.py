@@ -18,10 +18,13 @@ What is measured depends on the data (several paths may be given; each is report
     have not caught up with it;
   * when every shape is a digit (MNIST-hard): localisation / precision with a
     20×20 box at IoU >= 0.5, and classification by Hungarian prototype -> digit.
-- Bags/videos/folders with ``--annotations`` (``sim tabletop``): purity of the
-  prototype assignments against the simulator's object identities: each kept
-  keypoint is matched to the nearest visible object point (``<object>/...``
-  annotation names) within ``match_radius``; and landmark regression: the
+- Bags/videos/folders with ``--annotations`` (``sim tabletop``): purity,
+  inverse purity and per-type purity of the prototype assignments against the
+  object types, prototypes in use, and detection recall; annotation rows are
+  grouped into objects by ``<object>/<point>`` names (``arm/...`` and
+  ``gripper`` left out, a CSV without such names refused); each kept keypoint
+  is matched to the nearest visible object point within ``match_radius``;
+  and landmark regression: the
   reference's M×K×2 prototype-slot input (sorted by x inside a slot, zeros
   where unused) fitted by ridge regression (strength by cross-validation inside
   the fit half; ``kp_perception_training.evaluation.landmarks`` says why not plain least
@@ -45,7 +48,7 @@ from kp_perception_training.evaluation.attributes import attribute_accuracy, mat
 from kp_perception_training.evaluation.descriptor_probe import shape_colour_probe
 from kp_perception_training.evaluation.detection import detection_metrics
 from kp_perception_training.evaluation.landmarks import RIDGE_ALPHAS, landmark_rmse
-from kp_perception_training.evaluation.purity import inverse_purity, purity
+from kp_perception_training.evaluation.purity import inverse_purity, purity, purity_by_identity
 from kp_perception_training.tusk.method import TuskMethod
 
 
@@ -192,61 +195,105 @@ def evaluate_tabletop(
     match_radius: float = 0.08,
     seed: int = 0,
 ) -> dict:
-    """Prototype purity against object identities on annotated video (``sim tabletop``), and landmark regression."""
+    """Prototype purity, detection recall and landmark regression on annotated video (``sim tabletop``).
+
+    Annotation rows are grouped into objects by their ``<object>/<point>`` names
+    (``arm/...`` and ``gripper`` left out; a CSV with no such name is refused,
+    ``kp_perception_training.sim.annotations.object_points``); an object's type
+    is its name without an instance suffix (``duck_2`` -> ``duck``). Each kept
+    keypoint is matched to the nearest visible object point within
+    ``match_radius`` × the larger frame side; purity and inverse purity are of
+    the matched prototypes against the object types. Recall: the share of
+    visible objects (one visible point or more) with a kept keypoint within
+    the radius of one of their visible points.
+    """
     from tqdm import tqdm
 
     from kp_perception.preprocessing import resize_rgb
     from kp_perception.sequences import open_sequences
-    from kp_perception_training.sim.annotations import read_annotations
+    from kp_perception_training.sim.annotations import object_points, read_annotations
+    from kp_perception_training.sim.catalogue import object_type
 
     width, height = method.config.data.size_wh
-    points: dict[tuple[str, int], list[tuple[str, float, float]]] = {}
-    for a in read_annotations(annotations):
-        if "/" in a.name and not a.name.startswith("arm/") and getattr(a, "visible", True):
-            points.setdefault((a.sequence, int(a.frame)), []).append((a.name.split("/")[0], a.x, a.y))
-    names = sorted({a.name for a in read_annotations(annotations)})
+    rows = read_annotations(annotations)
+    objects = object_points(rows, annotations)
+    names = sorted({a.name for a in rows})
     name_index = {n: j for j, n in enumerate(names)}
     targets: dict[tuple[str, int], np.ndarray] = {}
-    for a in read_annotations(annotations):
+    for a in rows:
         row = targets.setdefault((a.sequence, int(a.frame)), np.full((len(names), 3), np.nan))
-        row[name_index[a.name]] = (a.x, a.y, 1.0 if getattr(a, "visible", True) else 0.0)
+        row[name_index[a.name]] = (a.x, a.y, 1.0 if a.visible else 0.0)
     protos: list[int] = []
-    identities: list[str] = []
+    types: list[str] = []
+    visible_types: list[str] = []  # one entry per visible object per frame
+    recalled: list[bool] = []
     slot_features: list[np.ndarray] = []
     slot_targets: list[np.ndarray] = []
     frames = 0
     for seq in open_sequences(data_paths, image_topic=method.config.data.image_topic):
         for f, frame in enumerate(tqdm(seq.iter_frames(), desc=f"eval {seq.name}", unit="frame", leave=False)):
-            truth = points.get((seq.name, f))
-            if not truth:
+            truth = objects.get((seq.name, f))
+            if truth is None:
                 continue
             fh, fw = frame.shape[:2]
+            radius = match_radius * max(fw, fh)
             image = torch.from_numpy(resize_rgb(frame, width, height)).permute(2, 0, 1).float().div(255)
             pred = predict(method, image[None], use_decoder=False)
             xy = model_to_frame_pixels(pred["xy"][0], (width, height), (fw, fh))
-            keep = np.flatnonzero(pred["scores"][0] >= score_threshold)
-            true_xy = np.array([[x, y] for _, x, y in truth])
-            for k in keep:
-                d = np.linalg.norm(true_xy - xy[k], axis=1)
-                if d.min() <= match_radius * max(fw, fh):
-                    protos.append(int(pred["prototypes"][0][k]))
-                    identities.append(truth[int(d.argmin())][0])
+            kept = xy[pred["scores"][0] >= score_threshold]
+            kept_ids = pred["prototypes"][0][pred["scores"][0] >= score_threshold]
+            matches, seen = match_to_objects(kept, kept_ids, truth, radius)
+            protos += [p for p, _ in matches]
+            types += [object_type(o) for _, o in matches]
+            visible_types += [object_type(o) for o, _ in seen]
+            recalled += [r for _, r in seen]
             slot_features.append(prototype_slots(xy, pred["prototypes"][0], method.encoder.num_prototypes))
             slot_targets.append(targets[(seq.name, f)])
             frames += 1
     if frames == 0:
         raise DataError(f"{annotations}: no annotated frame matches the data's sequences")
     landmarks = _landmark_regression(np.stack(slot_features), np.stack(slot_targets), seed) if frames >= 4 else None
+    by_type = {t: [r for r, u in zip(recalled, visible_types, strict=True) if u == t] for t in set(visible_types)}
     return {
         "frames": frames,
         **(landmarks or {"landmark_rmse_px": None, "landmark_rmse_intercept_only_px": None}),
         "detections_matched": len(protos),
-        "purity": purity(protos, identities),
-        "inverse_purity": inverse_purity(protos, identities),
+        "purity": purity(protos, types),
+        "inverse_purity": inverse_purity(protos, types),
+        "purity_by_type": purity_by_identity(protos, types),
         "prototypes_used": len(set(protos)),
-        "identities": sorted(set(identities)),
+        "visible_objects": len(recalled),
+        "detection_recall": float(np.mean(recalled)) if recalled else float("nan"),
+        "recall_by_type": {t: float(np.mean(v)) for t, v in sorted(by_type.items())},
+        "identities": sorted(set(types)),
+        "match_radius": match_radius,
         "score_threshold": score_threshold,
     }
+
+
+def match_to_objects(
+    xy: np.ndarray, prototypes: np.ndarray, objects: dict[str, list[tuple[float, float]]], radius: float
+) -> tuple[list[tuple[int, str]], list[tuple[str, bool]]]:
+    """One frame: kept detections against the visible points of each object.
+
+    Args:
+        xy: K×2 kept detections (frame pixels); prototypes: their K prototype ids.
+        objects: object name -> its visible points (pixels); objects with none are not visible.
+        radius: match radius in pixels.
+    Returns:
+        (prototype id, object) for each detection within ``radius`` of an object point (the
+        nearest point's object), and (object, recalled) for each visible object: recalled when
+        a detection lies within ``radius`` of one of its points.
+    """
+    owners = [o for o, pts in objects.items() for _ in pts]
+    if not owners:
+        return [], []
+    true_xy = np.asarray([p for pts in objects.values() for p in pts], dtype=np.float64)
+    d = np.linalg.norm(np.asarray(xy, dtype=np.float64).reshape(-1, 1, 2) - true_xy[None], axis=-1)
+    matches = [(int(prototypes[k]), owners[int(d[k].argmin())]) for k in range(len(d)) if d[k].min() <= radius]
+    owner_arr = np.asarray(owners)
+    seen = [(o, bool((d[:, owner_arr == o] <= radius).any())) for o, pts in objects.items() if pts]
+    return matches, seen
 
 
 def prototype_slots(xy: np.ndarray, prototypes: np.ndarray, num_prototypes: int) -> np.ndarray:

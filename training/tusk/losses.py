@@ -7,6 +7,9 @@
 - :func:`kmeans_loss`: -mean log soft-min probability of the nearest prototype
   (weight 0.01); the prototypes are detached, they only learn from the
   sliced-Wasserstein loss.
+- :func:`kmeans_schedule`: optional warm-up and ramp of the k-means weight.
+- :func:`uniformity_loss`: optional encoder-side term that keeps descriptors spread.
+- :func:`ema_prototype_update`: optional mini-batch k-means prototype update (instead of SW).
 - :func:`equivariance_loss`: MSE between warp(map(I)) and map(warp(I)) for a TPS
   warp (kornia), reflection padding; applied to H (weight 0.01) and F (weight 100).
 - :func:`sliced_wasserstein_loss`: the GMM sliced-Wasserstein loss that moves the
@@ -54,6 +57,60 @@ def kmeans_loss(
         return nll.mean()
     w = weights.reshape(-1).to(nll.dtype)
     return (nll * w).sum() / w.sum().clamp_min(1e-6)
+
+
+def kmeans_schedule(step: int, warmup_steps: int = 0, ramp_steps: int = 0) -> float:
+    """Factor (0..1) on the k-means weight at training step ``step``: 0 during warm-up, then a linear ramp.
+
+    Why: the k-means pull on descriptors co-adapting with prototypes that have
+    not yet spread over them collapses both onto a few prototypes
+    (docs/tusk.md); holding it off until the descriptors carry the objects
+    lets the prototypes find the clusters first.
+    """
+    if step < warmup_steps:
+        return 0.0
+    if ramp_steps <= 0:
+        return 1.0
+    return min(1.0, (step - warmup_steps + 1) / ramp_steps)
+
+
+def uniformity_loss(descriptors: Tensor, temperature: float = 2.0, weights: Tensor | None = None) -> Tensor:
+    """log of the mean over pairs i != j of exp(-t·|d_i - d_j|²) (Wang & Isola 2020): low when descriptors spread.
+
+    Args:
+        descriptors: B×K×C (or N×C) unit vectors.
+        temperature: t (2 in the paper).
+        weights: optional B×K (or N) non-negative weights (e.g. detached scores): pair
+            (i, j) counts w_i·w_j, so empty slots neither push nor are pushed.
+    """
+    desc = descriptors.reshape(-1, descriptors.shape[-1])
+    n = desc.shape[0]
+    sq = torch.cdist(desc, desc).pow(2)
+    w = desc.new_ones(n) if weights is None else weights.reshape(-1).to(desc.dtype)
+    pair = (w[:, None] * w[None, :]) * (1.0 - torch.eye(n, dtype=desc.dtype, device=desc.device))
+    return torch.log((pair * torch.exp(-temperature * sq)).sum() / pair.sum().clamp_min(1e-12) + 1e-12)
+
+
+@torch.no_grad()
+def ema_prototype_update(prototypes: Tensor, descriptors: Tensor, decay: float, reduce=None) -> Tensor:
+    """Mini-batch k-means step on M×C prototypes (in place, left unit length); returns the M counts.
+
+    Each prototype with at least one nearest descriptor in the batch moves to
+    ``decay`` × itself + (1 - ``decay``) × the mean of those descriptors. ``reduce``
+    (optional) sums the per-prototype sums and counts over ranks.
+    """
+    protos = F.normalize(prototypes, dim=1)
+    ids = prototype_distances(descriptors.unsqueeze(0), protos).squeeze(0).argmin(dim=1)
+    m = protos.shape[0]
+    counts = torch.bincount(ids, minlength=m).to(descriptors.dtype)
+    sums = torch.zeros_like(protos).index_add_(0, ids, descriptors.to(protos.dtype))
+    if reduce is not None:
+        sums, counts = reduce(sums, counts)
+    hit = counts > 0
+    mean = sums[hit] / counts[hit, None]
+    protos[hit] = decay * protos[hit] + (1.0 - decay) * mean
+    prototypes.copy_(F.normalize(protos, dim=1))
+    return counts
 
 
 def equivariance_loss(maps: Tensor, maps_of_warped: Tensor, warp: TpsWarp) -> Tensor:

@@ -36,11 +36,14 @@ from kp_perception_training.tusk.config import TuskConfig
 from kp_perception_training.tusk.decoders import build_decoder
 from kp_perception_training.tusk.losses import (
     VGGPerceptual,
+    ema_prototype_update,
     equivariance_loss,
     kmeans_loss,
+    kmeans_schedule,
     perceptual_loss,
     reconstruction_loss,
     sliced_wasserstein_loss,
+    uniformity_loss,
 )
 from kp_perception_training.tusk.prototype_restart import reseed_unused_prototypes
 from kp_perception_training.tusk.tps import apply_tps, random_tps
@@ -67,6 +70,8 @@ class TuskMethod(TrainingMethod):
         # Assignments per prototype and batches since the last restart: in the state dict, so resume is exact.
         self.register_buffer("prototype_counts", torch.zeros(self.encoder.num_prototypes, dtype=torch.float64))
         self.register_buffer("batches_since_restart", torch.zeros((), dtype=torch.int64))
+        # Main steps taken (the k-means weight schedule reads it; in the state dict, so resume keeps it).
+        self.register_buffer("main_steps", torch.zeros((), dtype=torch.int64))
         self.tps_cfg = config.data.tps_params
         self.image_padding = config.data.tps_padding
         self.vgg = VGGPerceptual(config.loss.vgg16_weights) if config.loss.perceptual_weight > 0 else None
@@ -158,8 +163,16 @@ class TuskMethod(TrainingMethod):
             loss = loss + cfg.perceptual_weight * per
             logs["loss/perceptual"] = per.item()
         weights = out["scores"].detach() if cfg.kmeans_score_weighted else None
-        km = kmeans_loss(out["descriptors"], self.encoder.normalized_prototypes(), cfg.kmeans_sharpness, weights)
-        loss = loss + cfg.kmeans * km
+        km_weight = cfg.kmeans * kmeans_schedule(int(self.main_steps), cfg.kmeans_warmup_steps, cfg.kmeans_ramp_steps)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and km_weight != 0.0):
+            km = kmeans_loss(out["descriptors"], self.encoder.normalized_prototypes(), cfg.kmeans_sharpness, weights)
+        if km_weight != 0.0:
+            loss = loss + km_weight * km
+        logs["loss/kmeans_weight"] = km_weight
+        if cfg.uniformity != 0.0:
+            uni = uniformity_loss(out["descriptors"], cfg.uniformity_temperature, weights)
+            loss = loss + cfg.uniformity * uni
+            logs["loss/uniformity"] = uni.item()
         eq = {}
         for name in ("heatmap", "features"):
             weight = getattr(cfg, f"equivariance_{name}")
@@ -185,11 +198,19 @@ class TuskMethod(TrainingMethod):
         desc = extra["descriptors"].reshape(-1, extra["descriptors"].shape[-1])
         keep = extra["scores"].reshape(-1) >= self.loss_cfg.sw_min_score
         desc = desc[keep]
+        self.main_steps += 1
         # Every rank must make the same number of gradient all-reduces, so all skip together.
         if any_rank(desc.shape[0] < 2, device=desc.device):
             return {}
         opt = optimizers["prototypes"]
         protos = self.encoder.prototypes
+        if self.proto_cfg.update == "ema":
+            ema_prototype_update(protos.data, desc, self.proto_cfg.ema_decay, _sum_over_ranks)
+            logs = {}
+            restarted = self._restart_unused_prototypes(desc, opt)
+            if restarted is not None:
+                logs["prototypes/restarted"] = float(restarted)
+            return logs
         value = 0.0
         for _ in range(self.proto_cfg.steps):
             opt.zero_grad(set_to_none=True)
@@ -255,6 +276,13 @@ class TuskMethod(TrainingMethod):
                 panels.append(_upscale(colours[labels]))
             rows.append(np.concatenate(panels, axis=1))
         writer.add_image("tusk/detections_reconstruction_masks", np.concatenate(rows, axis=0), step, dataformats="HWC")
+
+
+def _sum_over_ranks(sums: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-prototype descriptor sums and counts summed over ranks (identity without torchrun)."""
+    flat = all_reduce_sum(torch.cat([sums.reshape(-1), counts]).tolist(), sums.device)
+    flat = torch.tensor(flat, dtype=sums.dtype, device=sums.device)
+    return flat[: sums.numel()].reshape(sums.shape), flat[sums.numel() :]
 
 
 def detections_to_result(keypoints, scores, ids, dist, descriptors, num_prototypes: int, width: int, height: int):
