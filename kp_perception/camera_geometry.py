@@ -131,7 +131,7 @@ Result = KeypointPyramidResult | PrototypeDetectionResult
 
 
 def locate_keypoints(result: Result, camera: CameraModel | None, depth_m: np.ndarray | None = None,
-                     window: int = 5, depth_scale: float = 1.0, depth_statistic: str = "median") -> Result:
+                     window: int = 5, depth_scale: float = 1.0) -> Result:
     """Add camera geometry to a result (frame pixels): normalised coordinates, and 3D with depth.
 
     ``camera`` must already match the frame (:meth:`CameraModel.check_size`);
@@ -150,7 +150,7 @@ def locate_keypoints(result: Result, camera: CameraModel | None, depth_m: np.nda
             f"depth image is {depth_m.shape[1]}x{depth_m.shape[0]} but the frame is "
             f"{result.image_width}x{result.image_height}; an aligned depth image has the colour image's size"
         )
-    z, valid = sample_depth(depth_m, result.xy, window, depth_scale, depth_statistic)
+    z, valid = sample_depth(depth_m, result.xy, window, depth_scale)
     points = deproject(normalized, z)
     points[~valid] = np.nan
     return replace(result, normalized_xy=normalized, points=points, point_valid=valid)

@@ -16,18 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DEPTH_STATISTICS", "sample_depth"]
-
-
-#: How a window's valid depths become one: the median (the majority surface) or the nearest (the
-#: foreground: a keypoint on a thin part or an edge keeps that part's depth instead of flipping to
-#: the background behind it as it moves; what a controller servoing on those depths needs).
-DEPTH_STATISTICS = ("median", "nearest")
+__all__ = ["sample_depth"]
 
 
 def sample_depth(depth_m: np.ndarray, xy: np.ndarray, window: int = 5,
-                 scale: float = 1.0, statistic: str = "median") -> tuple[np.ndarray, np.ndarray]:
-    """Median (or nearest, ``statistic``) depth of the valid pixels in a ``window``×``window`` square around each point.
+                 scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Median depth of the valid pixels in a ``window``×``window`` square around each point.
 
     Args:
         depth_m: H×W depth, ``scale`` × value = metres (float32 metres with scale 1,
@@ -41,8 +35,6 @@ def sample_depth(depth_m: np.ndarray, xy: np.ndarray, window: int = 5,
     Returns:
         (depth, valid): N float32 metres (NaN where invalid) and N bool.
     """
-    if statistic not in DEPTH_STATISTICS:
-        raise ValueError(f"depth statistic must be one of {', '.join(DEPTH_STATISTICS)}, got {statistic!r}")
     if window < 1 or window % 2 == 0:
         raise ValueError(f"window must be a positive odd number of pixels, got {window}")
     depth_m = np.asarray(depth_m)
@@ -72,9 +64,6 @@ def sample_depth(depth_m: np.ndarray, xy: np.ndarray, window: int = 5,
     lo = np.clip((count - 1) // 2, 0, None)
     hi = np.clip(count // 2, 0, None)
     rows_n = np.arange(n)
-    if statistic == "nearest":
-        median = ordered[:, 0]
-    else:
-        median = 0.5 * (ordered[rows_n, lo] + ordered[rows_n, hi])
+    median = 0.5 * (ordered[rows_n, lo] + ordered[rows_n, hi])
     valid = inside & (count > 0)
     return np.where(valid, median, np.nan).astype(np.float32), valid

@@ -62,7 +62,10 @@ class IBVSConfig:
     ramp_speed: float = 0.0  # reference ramp: features per second (units of the features); 0 = no ramp
     ramp_tolerance: float = 0.03  # the ramp waits while the RMS tracking error exceeds this
     weight_power: float = 0.0  # 0: used features weigh 1; p > 0: weight (row norm / largest)^p
-    outlier_factor: float = 0.0  # > 0: weight out features whose J rows exceed this × the median (jumps); 0 = off
+    reexplore_window: float = 0.0  # s: re-explore when the error fell less than reexplore_progress over this; 0 = off
+    reexplore_progress: float = 0.9  # the error must fall below this fraction of its value a window ago
+    reexplore_min_error: float = 0.0  # feature units: no re-exploration below this error (the noise floor)
+    max_reexplorations: int = 2  # per goal
 
 
 class BroydenIBVS:
@@ -108,6 +111,8 @@ class BroydenIBVS:
         self._samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (q, s, valid)
         self._prev: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.last_error: float = float("nan")
+        self._errors: list[float] = []  # servoing errors since the last exploration
+        self.reexplorations = 0
         self._ramp_start: np.ndarray | None = None
         self.ramp = 1.0 if self.config.ramp_speed <= 0 else 0.0
 
@@ -152,7 +157,27 @@ class BroydenIBVS:
         else:
             self._broyden(s, valid, q)
         self._prev = (q.copy(), s.copy(), valid.copy())
-        return self._command(s, valid, q)
+        qdot = self._command(s, valid, q)
+        if self._stalled():
+            # Jägersand et al. 1997: when the Broyden-updated model stops predicting progress, estimate J
+            # afresh where the arm is now (the exploration plan moves out and back, so it ends here).
+            self.reexplorations += 1
+            self.jacobian, self._prev, self._errors = None, None, []
+            self._samples = [(q.copy(), s.copy(), valid.copy())]
+            return self._explore_plan[0].copy()
+        return qdot
+
+    def _stalled(self) -> bool:
+        """True when servoing has stopped reducing the error (and re-exploration is allowed)."""
+        c = self.config
+        if c.reexplore_window <= 0 or self.reexplorations >= c.max_reexplorations or not np.isfinite(self.last_error):
+            return False
+        self._errors.append(self.last_error)
+        window = max(1, int(round(c.reexplore_window * c.rate_hz)))
+        if len(self._errors) <= window:
+            return False
+        now, before = self._errors[-1], self._errors[-1 - window]
+        return now > c.reexplore_min_error and now > c.reexplore_progress * before
 
     def _fit_jacobian(self) -> None:
         """Least-squares J from the exploration samples, feature by feature over the ticks it was valid."""
@@ -194,11 +219,6 @@ class BroydenIBVS:
         usable = valid & self.goal_valid
         if not usable.any():
             return np.zeros(len(valid))
-        if self.config.outlier_factor > 0:
-            typical = np.median(norms[usable & (norms > 0)]) if (usable & (norms > 0)).any() else 0.0
-            usable = usable & (norms <= self.config.outlier_factor * typical)
-            if not usable.any():
-                return np.zeros(len(valid))
         largest = norms[usable].max()
         moving = norms >= self.config.motion_threshold * largest
         weights = (usable & moving & (norms > 0)).astype(np.float64)

@@ -102,15 +102,14 @@ class ModelObserver:
     needs_frame = True
 
     def __init__(self, model: str, slot_prefix: str = "", threshold: float = 0.0, threads: int = 1,
-                 coordinates: str = "normalized", camera=None, depth_window: int = 5,
-                 depth_statistic: str = "median") -> None:
+                 coordinates: str = "normalized", camera=None, depth_window: int = 5) -> None:
         from kp_perception.backends import load_backend
         from kp_perception.observation import ObservationLayout
 
         self.coordinates = _check_coordinates(coordinates)
         if self.coordinates == "metric" and camera is None:
             raise ValueError("metric coordinates need the camera model (camera=CameraModel)")
-        self.camera, self.depth_window, self.depth_statistic = camera, depth_window, depth_statistic
+        self.camera, self.depth_window = camera, depth_window
         self.backend = load_backend(model, threads=threads)
         self.layout = ObservationLayout.from_sidecar(self.backend.sidecar, coordinates=self.coordinates)
         self.threshold = threshold
@@ -127,8 +126,7 @@ class ModelObserver:
         if self.coordinates == "metric":
             if depth is None:
                 raise ValueError("metric coordinates need the depth image")
-            result = locate_keypoints(result, self.camera, depth, window=self.depth_window,
-                                      depth_statistic=self.depth_statistic)
+            result = locate_keypoints(result, self.camera, depth, window=self.depth_window)
         obs = observe(result, self.layout, threshold=self.threshold)
         return obs.values[self.slots], obs.valid[self.slots]
 
