@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+from kp_perception.resources import share_path
+from kp_perception_bench._outputs import results_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,10 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delta", type=float, default=0.04, help="joint offset (rad) of the central differences")
     parser.add_argument("--jitter-samples", type=int, default=6, help="random small motions for the jitter")
     parser.add_argument("--jitter-sigma", type=float, default=0.01, help="their size (rad per joint)")
-    parser.add_argument("--model", default=str(ROOT / "models" / "pyramids.onnx"), help="Pyramids model")
-    parser.add_argument("--transporter", default=str(ROOT / "models" / "transporter30.onnx"),
+    parser.add_argument("--model", default=str(share_path("models", "pyramids.onnx")), help="Pyramids model")
+    parser.add_argument("--transporter", default=str(share_path("models", "transporter30.onnx")),
                         help="Transporter-30 model")
-    parser.add_argument("--json", default=str(RESULTS / "servo_observability.json"), help="where to write the figures")
+    parser.add_argument("--json", default=str(results_dir() / "servo_observability.json"), help="where to write the figures")
 
 
 def least_visible_move(jf: np.ndarray, je: np.ndarray) -> tuple[float, float]:
