@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "model's training resolution; larger frames are shrunk to 64 by the node's resize)")
     parser.add_argument("--near-goal", type=float, default=0.0, help="diagnostic: start each episode at the "
                         "goal plus N(0, this) rad per joint instead of a random configuration (default off)")
+    parser.add_argument("--coordinates", choices=("normalized", "metric"), default="normalized",
+                        help="in-process variants' features: the consumer API's normalised image coordinates "
+                        "(default) or metric X, Y, Z from camera_info + depth (the node's median depth, 5 px window)")
+    parser.add_argument("--ibvs", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="controller settings other than IBVSConfig's defaults (e.g. damping=0.003); "
+                        "recorded in the settings, so runs with other settings do not merge")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS,
                         help=f"comma-separated, from {', '.join(VARIANTS)} (default {DEFAULT_VARIANTS})")
     parser.add_argument("--model", default=str(ROOT / "models" / "pyramids.onnx"), help="Pyramids model")
@@ -79,18 +85,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "variant per process) to combine into --json (and the doc table); runs nothing")
 
 
-def _observer(variant: str, args: argparse.Namespace):
+def _observer(variant: str, args: argparse.Namespace, camera=None):
     from kp_perception_training.control.episodes import GroundTruthObserver, ModelObserver
 
+    metric = {"coordinates": args.coordinates, "camera": camera}
     if variant in ("ground_truth", "policy_ground_truth", "random"):
-        return GroundTruthObserver(args.size)
+        return GroundTruthObserver(args.size, args.coordinates)
     if variant in ("pyramids", "policy_pyramids"):
-        return ModelObserver(args.model)
+        return ModelObserver(args.model, **metric)
     if variant == "pyramids_level1":
-        return ModelObserver(args.model, slot_prefix="level0/")
+        return ModelObserver(args.model, slot_prefix="level0/", **metric)
     if variant == "transporter30":
-        return ModelObserver(args.transporter)
+        return ModelObserver(args.transporter, **metric)
     raise KpPerceptionError(f"unknown in-process variant {variant!r}")
+
+
+def ibvs_config(overrides: list[str]):
+    """IBVSConfig with ``KEY=VALUE`` overrides (one clear error for an unknown key or a bad value)."""
+    from dataclasses import fields
+
+    from kp_perception.control.ibvs import IBVSConfig
+
+    types = {f.name: type(f.default) for f in fields(IBVSConfig)}
+    values: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or key not in types:
+            raise KpPerceptionError(f"--ibvs {item!r}: expected KEY=VALUE with KEY one of {', '.join(types)}")
+        try:
+            values[key] = types[key](text)
+        except ValueError:
+            raise KpPerceptionError(f"--ibvs {item!r}: {key} takes a {types[key].__name__}") from None
+    return IBVSConfig(**values)
 
 
 def _controller(variant: str, args: argparse.Namespace, lower: np.ndarray, upper: np.ndarray, seed: int):
@@ -108,7 +134,8 @@ def _controller(variant: str, args: argparse.Namespace, lower: np.ndarray, upper
         from kp_perception_training.control.rl import RandomController
 
         return RandomController(len(lower), seed)
-    return BroydenIBVS(len(lower), lower=lower, upper=upper)
+    return BroydenIBVS(len(lower), ibvs_config(args.ibvs), lower=lower, upper=upper,
+                       dims=3 if args.coordinates == "metric" else 2)
 
 
 def summarise(results: list[dict[str, Any]], slot_names: list[str] | None) -> dict[str, Any]:
@@ -140,15 +167,16 @@ def summarise(results: list[dict[str, Any]], slot_names: list[str] | None) -> di
 
 
 def run_in_process(variant: str, args: argparse.Namespace) -> tuple[list[dict], list[str] | None]:
-    from kp_perception_training.control.episodes import run_episode
+    from kp_perception_training.control.episodes import camera_model, run_episode
     from kp_perception_training.sim.reach import ReachConfig, ReachScene
 
     config = ReachConfig(seed=args.seed, size=args.size, start_perturbation=args.near_goal)
     probe = ReachScene(config, 0)
     lower, upper = probe.lower, probe.upper
     gt_names = list(probe.arm_point_names)
+    camera = camera_model(probe)
     probe.close()
-    observer = _observer(variant, args)
+    observer = _observer(variant, args, camera)
     slot_names = getattr(observer, "slot_names", gt_names)
     results = []
     for episode in range(args.episodes):
@@ -201,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             figures["figure"] = reliance_figure(figures, args, Path(args.figure))
         if args.doc:
             for doc in (DOC, GUIDE):
-                write_block(doc, BEGIN, END, markdown(figures))
+                write_block(doc, *markers(figures["settings"]), markdown(figures))
         return figures
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -213,10 +241,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "settings": {"episodes": args.episodes, "seed": args.seed, "duration_s": args.duration,
                      "control_hz": 30.0, "success_distance_mm": 20.0,
-                     "size": args.size, "near_goal": args.near_goal, "controller": "BroydenIBVS defaults",
+                     "size": args.size, "near_goal": args.near_goal,
+                     "controller": " ".join(["BroydenIBVS defaults", *args.ibvs]),
                      "model": args.model, "transporter": args.transporter, "policy": args.policy},
         "variants": {},
     }
+    if args.coordinates != "normalized":  # only when set, so runs from before the option still merge
+        figures["settings"]["coordinates"] = args.coordinates
     for variant in variants:
         t0 = time.monotonic()
         if variant in THROUGH_ROS:
@@ -239,7 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     figures["wall_time_min"] = round((time.monotonic() - started) / 60.0, 1)
     if args.doc:
         for doc in (DOC, GUIDE):
-            write_block(doc, BEGIN, END, markdown(figures))
+            write_block(doc, *markers(figures["settings"]), markdown(figures))
     return figures
 
 
@@ -256,12 +287,39 @@ LABELS = {
 }
 
 
+def setting_tag(settings: dict[str, Any]) -> str:
+    """What differs from the benchmark's default setting (64 px frames, image coordinates, default controller,
+    random starts), e.g. "256 px frames"; "" for the default setting."""
+    tags = []
+    if settings.get("size", 64) != 64:
+        tags.append(f"{settings['size']} px frames")
+    if settings.get("coordinates", "normalized") != "normalized":
+        tags.append(f"{settings['coordinates']} coordinates")
+    if settings.get("controller", "BroydenIBVS defaults") != "BroydenIBVS defaults":
+        tags.append(settings["controller"].replace("BroydenIBVS defaults ", "IBVS "))
+    if settings.get("near_goal", 0.0):
+        tags.append(f"near-goal starts ({settings['near_goal']:g} rad)")
+    return ", ".join(tags)
+
+
+def markers(settings: dict[str, Any]) -> tuple[str, str]:
+    """The doc block's markers: one table per setting, so a study in another setting never overwrites the
+    benchmark's own table."""
+    tag = setting_tag(settings)
+    if not tag:
+        return BEGIN, END
+    return f"<!-- Servo table ({tag}): begin (bench/servo.py) -->", f"<!-- Servo table ({tag}): end -->"
+
+
 def markdown(figures: dict[str, Any]) -> str:
     s = figures["settings"]
+    begin, end = markers(s)
+    tag = setting_tag(s)
     lines = [
-        BEGIN,
+        begin,
         f"{s['episodes']} episodes (seed {s['seed']}), {s['duration_s']:g} s of control at 30 Hz each, success = "
-        f"end effector within 2 cm of the goal position at the end; same episodes and controller for every row.",
+        f"end effector within 2 cm of the goal position at the end; same episodes and controller for every row"
+        + (f"; setting: {tag}." if tag else "."),
         "",
         "| observation | success | vs ground truth | final error median (mm) | p90 (mm) | time to converge (s) |",
         "|---|---|---|---|---|---|",
@@ -272,7 +330,7 @@ def markdown(figures: dict[str, Any]) -> str:
             f"| {LABELS.get(name, name)} | {v['success_rate']:.0%} | {v.get('success_vs_ground_truth', float('nan')):.2f} "
             f"| {v['final_error_mm_median']:.1f} | {v['final_error_mm_p90']:.1f} | {'—' if ct is None else f'{ct:.1f}'} |"
         )
-    lines.append(END)
+    lines.append(end)
     return "\n".join(lines) + "\n"
 
 

@@ -47,6 +47,108 @@ def test_ibvs_commands_nothing_without_usable_features():
     assert not np.any(ctrl.step(np.ones((2, 2)), np.zeros(2, bool), np.zeros(3)))
 
 
+def test_ibvs_servos_three_dimensional_features():
+    """Metric observations (X, Y, Z per keypoint): the same controller with dims=3 reaches the goal."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(9, 5))  # 3 features × (X, Y, Z), 5 joints
+
+    def features(q):
+        return np.c_[(a @ q).reshape(3, 3), np.ones(3)]  # an observation table: coordinates, then score
+
+    goal_q = np.array([0.1, -0.2, 0.15, 0.05, -0.1])
+    ctrl = BroydenIBVS(5, IBVSConfig(rate_hz=30.0), dims=3)
+    ctrl.reset(features(goal_q))
+    q = np.zeros(5)
+    for _ in range(600):
+        q = q + ctrl.step(features(q), np.ones(3, bool), q) / 30.0
+    assert ctrl.jacobian.shape == (9, 5)
+    assert np.allclose(a @ q, a @ goal_q, atol=1e-3)
+
+
+def test_ibvs_reexplores_when_the_error_stops_falling_at_most_the_allowed_times():
+    """A goal the features cannot reach: the error stalls above the floor, so J is re-estimated, twice."""
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(8, 3))  # 4 features, 3 joints: most goals are out of reach
+
+    def features(q):
+        return (a @ q).reshape(4, 2)
+
+    goal = features(np.array([0.2, -0.1, 0.1])) + rng.normal(scale=0.05, size=(4, 2))
+    runs = {}
+    for name, config in (("default", IBVSConfig()),
+                         ("reexplore", IBVSConfig(reexplore_window=0.5, reexplore_min_error=1e-3))):
+        ctrl = BroydenIBVS(3, config)
+        ctrl.reset(goal)
+        q, explored_at = np.zeros(3), []
+        for t in range(900):
+            before = ctrl.reexplorations
+            q = q + ctrl.step(features(q), np.ones(4, bool), q) / 30.0
+            if ctrl.reexplorations > before:
+                explored_at.append(t)
+        runs[name] = (ctrl, q, explored_at)
+    assert runs["default"][0].reexplorations == 0
+    ctrl, q, explored_at = runs["reexplore"]
+    assert ctrl.reexplorations == 2 and len(explored_at) == 2 and not ctrl.exploring
+    # after exploring again it still ends at the least-squares solution, as without re-exploration
+    assert np.allclose(q, runs["default"][1], atol=1e-2)
+
+
+def test_reach_observers_give_metric_points_in_the_camera_frame():
+    """Ground truth: the arm points' optical-frame positions; the model: keypoints deprojected with the depth."""
+    pytest.importorskip("pybullet")
+    from kp_perception_training.control.episodes import (
+        GroundTruthObserver,
+        ModelObserver,
+        camera_model,
+        capture,
+        observe_with,
+    )
+    from kp_perception_training.sim.reach import ReachConfig, ReachScene
+
+    scene = ReachScene(ReachConfig(seed=100), 0)
+    try:
+        camera = camera_model(scene)
+        gt = GroundTruthObserver(64, "metric")
+        table, valid = observe_with(gt, *capture(scene, gt))
+        assert np.allclose(table[:, :3], scene.arm_optical_points())
+        model = ModelObserver(str(REPO / "models" / "pyramids.onnx"), coordinates="metric", camera=camera)
+        frame, points, depth = capture(scene, model)
+        table, valid = observe_with(model, frame, points, depth)
+        assert valid.sum() >= 20 and table.shape == (30, 4)
+        xyz = table[valid, :3]
+        assert (xyz[:, 2] > 0.2).all() and (xyz[:, 2] < np.nanmax(depth[np.isfinite(depth)]) + 1e-3).all()
+        # reprojecting X/Z, Y/Z with K lands where the model put the keypoint, inside the frame
+        k = camera.K
+        px = np.c_[k[0, 0] * xyz[:, 0] / xyz[:, 2] + k[0, 2], k[1, 1] * xyz[:, 1] / xyz[:, 2] + k[1, 2]]
+        flat, _ = ModelObserver(str(REPO / "models" / "pyramids.onnx"))(frame, points)
+        expected = (flat[valid, :2] + 1.0) / 2.0 * 63.0
+        assert np.abs(px - expected).max() < 0.05
+    finally:
+        scene.close()
+
+
+def test_least_visible_move_is_zero_for_a_direction_no_feature_sees():
+    from kp_perception_bench.servo_observability import least_visible_move
+
+    je = np.eye(3) * 100.0  # 3 joints, each moves the gripper 100 mm/rad along one axis
+    sees_xy = np.zeros((2, 2, 3))
+    sees_xy[0, 0, 0] = sees_xy[1, 1, 1] = 50.0  # features follow joints 0 and 1 only
+    low, mid = least_visible_move(sees_xy, je)
+    assert low < 1e-3 and mid > 1.0
+    sees_all = sees_xy.copy()
+    sees_all[1, 0, 2] = 50.0
+    assert least_visible_move(sees_all, je)[0] > 1.0
+
+
+def test_bench_servo_rejects_an_unknown_controller_setting():
+    from kp_perception.errors import KpPerceptionError
+    from kp_perception_bench.servo import ibvs_config
+
+    assert ibvs_config(["damping=0.003"]).damping == 0.003
+    with pytest.raises(KpPerceptionError, match="KEY=VALUE"):
+        ibvs_config(["dampening=0.003"])
+
+
 def test_ground_truth_smoke_run_of_bench_servo_reaches_the_goal(tmp_path):
     """5 episodes of `bench servo` on the simulator's projected arm points: the controller and loop work."""
     pytest.importorskip("pybullet")

@@ -28,8 +28,11 @@ the goal, or when its Jacobian rows are smaller than ``motion_threshold`` ×
 the largest (a keypoint on the table or an object does not move with the arm,
 and its error cannot be reduced by moving the arm).
 
-Features are F×2 arrays in any fixed units (the consumer API gives [-1, 1]
-normalised coordinates); joints are the arm's n joint positions in radians.
+Features are F×d arrays in any fixed units: d = 2 for the consumer API's
+normalised image coordinates ([-1, 1]), d = 3 for its metric coordinates
+(X, Y, Z metres in the camera optical frame, from camera_info + depth), where
+the depth resolves what one image leaves ambiguous (motion along the camera's
+rays); joints are the arm's n joint positions in radians.
 The controller is pure numpy: the same object runs in the in-process
 benchmark, the gymnasium environment's baseline and the ROS controller node.
 """
@@ -59,6 +62,10 @@ class IBVSConfig:
     ramp_speed: float = 0.0  # reference ramp: features per second (units of the features); 0 = no ramp
     ramp_tolerance: float = 0.03  # the ramp waits while the RMS tracking error exceeds this
     weight_power: float = 0.0  # 0: used features weigh 1; p > 0: weight (row norm / largest)^p
+    reexplore_window: float = 0.0  # s: re-explore when the error fell less than reexplore_progress over this; 0 = off
+    reexplore_progress: float = 0.9  # the error must fall below this fraction of its value a window ago
+    reexplore_min_error: float = 0.0  # feature units: no re-exploration below this error (the noise floor)
+    max_reexplorations: int = 2  # per goal
 
 
 class BroydenIBVS:
@@ -70,9 +77,12 @@ class BroydenIBVS:
     """
 
     def __init__(self, num_joints: int, config: IBVSConfig | None = None,
-                 lower: np.ndarray | None = None, upper: np.ndarray | None = None) -> None:
+                 lower: np.ndarray | None = None, upper: np.ndarray | None = None, dims: int = 2) -> None:
         self.config = config or IBVSConfig()
         self.num_joints = int(num_joints)
+        self.dims = int(dims)  # coordinates per feature: the first ``dims`` columns of an observation table
+        if self.dims < 1:
+            raise ValueError(f"dims must be at least 1, got {dims}")
         self.lower = np.full(num_joints, -np.inf) if lower is None else np.asarray(lower, float)
         self.upper = np.full(num_joints, np.inf) if upper is None else np.asarray(upper, float)
         self.goal: np.ndarray | None = None
@@ -101,12 +111,15 @@ class BroydenIBVS:
         self._samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (q, s, valid)
         self._prev: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.last_error: float = float("nan")
+        self._errors: list[float] = []  # servoing errors since the last exploration
+        self.reexplorations = 0
         self._ramp_start: np.ndarray | None = None
         self.ramp = 1.0 if self.config.ramp_speed <= 0 else 0.0
 
     def reset(self, goal: np.ndarray, goal_valid: np.ndarray | None = None) -> None:
-        """New goal features (F×2, or F×k with x, y first) and their validity (F bool); exploration starts again."""
-        goal = np.asarray(goal, dtype=np.float64)[:, :2]
+        """New goal features (F×d, or an F×k table with the d coordinates first) and their validity (F bool);
+        exploration starts again."""
+        goal = np.asarray(goal, dtype=np.float64)[:, : self.dims]
         self.goal = goal
         self.goal_valid = np.ones(len(goal), bool) if goal_valid is None else np.asarray(goal_valid, bool).copy()
         self.reset_state()
@@ -123,13 +136,13 @@ class BroydenIBVS:
     def step(self, features: np.ndarray, valid: np.ndarray, q: np.ndarray) -> np.ndarray:
         """One observation -> n joint velocities (rad/s).
 
-        ``features`` is F×2 (x, y) or an observation table F×k whose first two
-        columns are x, y (the score column is ignored); ``valid`` F bool; ``q``
+        ``features`` is F×d or an observation table F×k whose first d
+        columns are the coordinates (the score column is ignored); ``valid`` F bool; ``q``
         the n joint positions measured at the image's stamp.
         """
         if self.goal is None:
             raise RuntimeError("BroydenIBVS.step before reset(goal)")
-        s = np.asarray(features, dtype=np.float64)[:, :2]
+        s = np.asarray(features, dtype=np.float64)[:, : self.dims]
         valid = np.asarray(valid, dtype=bool).reshape(-1) & np.isfinite(s).all(axis=1)
         q = np.asarray(q, dtype=np.float64).reshape(-1)
         if s.shape != self.goal.shape or q.shape != (self.num_joints,):
@@ -144,7 +157,27 @@ class BroydenIBVS:
         else:
             self._broyden(s, valid, q)
         self._prev = (q.copy(), s.copy(), valid.copy())
-        return self._command(s, valid, q)
+        qdot = self._command(s, valid, q)
+        if self._stalled():
+            # Jägersand et al. 1997: when the Broyden-updated model stops predicting progress, estimate J
+            # afresh where the arm is now (the exploration plan moves out and back, so it ends here).
+            self.reexplorations += 1
+            self.jacobian, self._prev, self._errors = None, None, []
+            self._samples = [(q.copy(), s.copy(), valid.copy())]
+            return self._explore_plan[0].copy()
+        return qdot
+
+    def _stalled(self) -> bool:
+        """True when servoing has stopped reducing the error (and re-exploration is allowed)."""
+        c = self.config
+        if c.reexplore_window <= 0 or self.reexplorations >= c.max_reexplorations or not np.isfinite(self.last_error):
+            return False
+        self._errors.append(self.last_error)
+        window = max(1, int(round(c.reexplore_window * c.rate_hz)))
+        if len(self._errors) <= window:
+            return False
+        now, before = self._errors[-1], self._errors[-1 - window]
+        return now > c.reexplore_min_error and now > c.reexplore_progress * before
 
     def _fit_jacobian(self) -> None:
         """Least-squares J from the exploration samples, feature by feature over the ticks it was valid."""
@@ -152,7 +185,8 @@ class BroydenIBVS:
         ss = np.stack([s for _, s, _ in self._samples])
         vs = np.stack([v for _, _, v in self._samples])
         n_features = ss.shape[1]
-        jac = np.zeros((2 * n_features, self.num_joints))
+        d = self.dims
+        jac = np.zeros((d * n_features, self.num_joints))
         for f in range(n_features):
             rows = vs[:, f]
             if rows.sum() < max(self.num_joints + 1, int(0.8 * len(rows))):
@@ -160,7 +194,7 @@ class BroydenIBVS:
             dq = qs[rows] - qs[rows].mean(axis=0)
             ds = ss[rows, f] - ss[rows, f].mean(axis=0)
             sol, *_ = np.linalg.lstsq(dq, ds, rcond=1e-6)  # n×2
-            jac[2 * f : 2 * f + 2] = sol.T
+            jac[d * f : d * f + d] = sol.T
         self.jacobian = jac
         self._samples = []
 
@@ -173,7 +207,7 @@ class BroydenIBVS:
         if norm2 < self.config.broyden_min_step**2:
             return
         both = valid & v0
-        rows = np.repeat(both, 2)
+        rows = np.repeat(both, self.dims)
         ds = (s - s0).reshape(-1)
         residual = ds - self.jacobian @ dq
         update = self.config.broyden_rate * np.outer(residual, dq) / norm2
@@ -181,7 +215,7 @@ class BroydenIBVS:
 
     def feature_weights(self, valid: np.ndarray) -> np.ndarray:
         """F weights: 0 unless valid now and in the goal and moving with the arm; else 1 (or graded by motion)."""
-        norms = np.linalg.norm(self.jacobian.reshape(-1, 2 * self.num_joints), axis=1)
+        norms = np.linalg.norm(self.jacobian.reshape(-1, self.dims * self.num_joints), axis=1)
         usable = valid & self.goal_valid
         if not usable.any():
             return np.zeros(len(valid))
@@ -226,7 +260,7 @@ class BroydenIBVS:
         self.last_error = float(np.sqrt((error**2).sum() / max(n_used, 1)))
         if n_used < c.min_features:
             return np.zeros(self.num_joints)
-        rows = np.repeat(np.sqrt(w), 2)
+        rows = np.repeat(np.sqrt(w), self.dims)
         a = self.jacobian * rows[:, None]
         sigma_max = np.linalg.norm(a, 2)
         if sigma_max <= 0:

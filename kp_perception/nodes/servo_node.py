@@ -70,6 +70,11 @@ _IBVS_HELP = {
     "ramp_speed": "Reference ramp along the straight image path to the goal (feature units/s); 0 = off.",
     "ramp_tolerance": "The ramp waits while the RMS tracking error exceeds this.",
     "weight_power": "0: used keypoints weigh 1; p > 0: weight (Jacobian row norm / largest)^p.",
+    "reexplore_window": "Re-explore (estimate the Jacobian again) when the error fell less than "
+                        "reexplore_progress over this many seconds; 0 = never.",
+    "reexplore_progress": "The error must fall below this fraction of its value a window ago.",
+    "reexplore_min_error": "No re-exploration below this image error (observation units).",
+    "max_reexplorations": "Re-explorations allowed per goal.",
 }
 
 PARAMETERS: tuple[ParamSpec, ...] = (
@@ -175,7 +180,8 @@ class ServoNode(Node):
         config = IBVSConfig(**{f.name: type(f.default)(self.params[f"ibvs.{f.name}"]) for f in fields(IBVSConfig)})
         lower = np.array(self._lower) if len(self._lower) == num_joints else None
         upper = np.array(self._upper) if len(self._upper) == num_joints else None
-        return BroydenIBVS(num_joints, config, lower=lower, upper=upper)
+        dims = len(self._goal.layout.field_names) - 1  # the coordinates: x, y (normalized) or X, Y, Z (metric)
+        return BroydenIBVS(num_joints, config, lower=lower, upper=upper, dims=dims)
 
     # -- inputs -------------------------------------------------------------------------
     def _on_goal(self, msg: PolicyObservation) -> None:

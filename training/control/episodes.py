@@ -30,12 +30,20 @@ from kp_perception_training.sim.reach import ReachConfig, ReachScene
 
 
 class Observer(Protocol):
-    """Frame (and the simulator's ground-truth arm points) -> (F×2 features in [-1, 1], F bool validity)."""
+    """Frame (+ depth, + the simulator's ground-truth arm points) -> (F×k observation table, F bool validity).
+
+    ``coordinates`` is the consumer API's mode: ``"normalized"`` tables are
+    (x, y in [-1, 1], score); ``"metric"`` tables are (X, Y, Z metres in the
+    camera optical frame, score), which needs the aligned depth image
+    (``depth``) and the arm points' optical-frame positions (third element of
+    ``arm_points``).
+    """
 
     needs_frame: bool
+    coordinates: str
 
-    def __call__(self, frame: np.ndarray | None, arm_points: tuple[np.ndarray, np.ndarray]
-                 ) -> tuple[np.ndarray, np.ndarray]: ...
+    def __call__(self, frame: np.ndarray | None, arm_points: tuple[np.ndarray, ...],
+                 depth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class Controller(Protocol):
@@ -54,19 +62,25 @@ class GroundTruthObserver:
     """The arm's annotated points projected by the simulator: the upper bound of what keypoints can give.
 
     Returns the observation table the consumer API gives (x, y in [-1, 1],
-    score = 1). A point is valid when it projects inside the frame (a camera
-    sees nothing else); occlusion is ignored.
+    score = 1; or with ``coordinates="metric"`` the exact X, Y, Z in the
+    optical frame, score = 1). A point is valid when it projects inside the
+    frame (a camera sees nothing else); occlusion is ignored.
     """
 
     needs_frame = False
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, coordinates: str = "normalized") -> None:
         self.size = size
+        self.coordinates = _check_coordinates(coordinates)
 
-    def __call__(self, frame, arm_points):
-        xy, inside = arm_points
-        table = np.ones((len(xy), 3))
-        table[:, :2] = pixels_to_normalized(xy, self.size, self.size)
+    def __call__(self, frame, arm_points, depth=None):
+        xy, inside = arm_points[0], arm_points[1]
+        if self.coordinates == "metric":
+            table = np.ones((len(xy), 4))
+            table[:, :3] = arm_points[2]
+        else:
+            table = np.ones((len(xy), 3))
+            table[:, :2] = pixels_to_normalized(xy, self.size, self.size)
         return table, inside.copy()
 
 
@@ -78,28 +92,80 @@ class ModelObserver:
     [-1, 1] coordinates, validity at ``threshold``), so the controller sees
     here exactly what it sees on the ``PolicyObservation`` topic.
     ``slot_prefix`` keeps only the slots whose name starts with it
-    (``"level0/"``: the coarsest Pyramids level).
+    (``"level0/"``: the coarsest Pyramids level). With ``coordinates="metric"``
+    each keypoint is located in 3D as the node does with camera_info + depth
+    (:func:`~kp_perception.camera_geometry.locate_keypoints`, median depth of a
+    ``depth_window`` square; ``camera`` is the frame's
+    :class:`~kp_perception.camera_geometry.CameraModel`).
     """
 
     needs_frame = True
 
-    def __init__(self, model: str, slot_prefix: str = "", threshold: float = 0.0, threads: int = 1) -> None:
+    def __init__(self, model: str, slot_prefix: str = "", threshold: float = 0.0, threads: int = 1,
+                 coordinates: str = "normalized", camera=None, depth_window: int = 5) -> None:
         from kp_perception.backends import load_backend
         from kp_perception.observation import ObservationLayout
 
+        self.coordinates = _check_coordinates(coordinates)
+        if self.coordinates == "metric" and camera is None:
+            raise ValueError("metric coordinates need the camera model (camera=CameraModel)")
+        self.camera, self.depth_window = camera, depth_window
         self.backend = load_backend(model, threads=threads)
-        self.layout = ObservationLayout.from_sidecar(self.backend.sidecar)
+        self.layout = ObservationLayout.from_sidecar(self.backend.sidecar, coordinates=self.coordinates)
         self.threshold = threshold
         self.slots = np.array([i for i, name in enumerate(self.layout.slot_names) if name.startswith(slot_prefix)])
         if len(self.slots) == 0:
             raise ValueError(f"no slot of {model} starts with {slot_prefix!r}")
         self.slot_names = [self.layout.slot_names[i] for i in self.slots]
 
-    def __call__(self, frame, arm_points):
+    def __call__(self, frame, arm_points, depth=None):
+        from kp_perception.camera_geometry import locate_keypoints
         from kp_perception.observation import observe
 
-        obs = observe(self.backend.infer(frame), self.layout, threshold=self.threshold)
+        result = self.backend.infer(frame)
+        if self.coordinates == "metric":
+            if depth is None:
+                raise ValueError("metric coordinates need the depth image")
+            result = locate_keypoints(result, self.camera, depth, window=self.depth_window)
+        obs = observe(result, self.layout, threshold=self.threshold)
         return obs.values[self.slots], obs.valid[self.slots]
+
+
+def _check_coordinates(coordinates: str) -> str:
+    if coordinates not in ("normalized", "metric"):
+        raise ValueError(f"coordinates must be 'normalized' or 'metric', got {coordinates!r}")
+    return coordinates
+
+
+def camera_model(scene: ReachScene):
+    """The reach scene camera's :class:`~kp_perception.camera_geometry.CameraModel` (pinhole, no distortion)."""
+    from kp_perception.camera_geometry import CameraModel
+
+    size = scene.config.size
+    return CameraModel(width=size, height=size, K=np.asarray(scene.scene.camera.intrinsics, np.float64),
+                       D=np.zeros(0))
+
+
+def capture(scene: ReachScene, observer: Observer, goal: bool = False) -> tuple:
+    """What the camera (and the simulator's ground truth) gives ``observer`` now, or for the goal:
+    ``(frame, arm_points, depth)``; ``observe(observer, *capture(...))`` turns it into features."""
+    metric = getattr(observer, "coordinates", "normalized") == "metric"
+    frame = depth = None
+    if observer.needs_frame:
+        if metric:
+            frame, depth = scene.goal_frame(depth=True) if goal else scene.render_rgbd()
+        else:
+            frame = scene.goal_frame() if goal else scene.render()
+    if goal:
+        points = (*scene.goal_points, scene.goal_optical_points)
+    else:
+        points = (*scene.arm_image_points(), scene.arm_optical_points()) if metric else scene.arm_image_points()
+    return frame, points, depth
+
+
+def observe_with(observer: Observer, frame, points, depth) -> tuple[np.ndarray, np.ndarray]:
+    """The observer's (table, valid) for one :func:`capture`."""
+    return observer(frame, points, depth) if depth is not None or len(points) > 2 else observer(frame, points)
 
 
 @dataclass
@@ -147,18 +213,17 @@ def run_episode(
     """
     scene = ReachScene(config, episode)
     try:
-        goal_frame = scene.goal_frame() if observer.needs_frame else None
-        goal, goal_valid = observer(goal_frame, scene.goal_points)
+        goal, goal_valid = observe_with(observer, *capture(scene, observer, goal=True))
         controller.reset(goal, goal_valid)
         initial = scene.ee_error().position
         ticks = int(round(duration_s * config.control_hz))
         errors, times, compute = np.zeros(ticks), np.zeros(ticks), np.zeros(ticks)
         weight_sum = np.zeros(len(goal))
         for t in range(ticks):
-            frame = scene.render() if observer.needs_frame else None
+            frame, points, depth = capture(scene, observer)
             q = scene.joint_positions()
             started = time.perf_counter()
-            features, valid = observer(frame, scene.arm_image_points())
+            features, valid = observe_with(observer, frame, points, depth)
             qdot = controller.step(features, valid, q)
             compute[t] = time.perf_counter() - started
             weights = getattr(controller, "weights", None)

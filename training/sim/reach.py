@@ -95,6 +95,7 @@ class ReachScene:
         self.set_joints(self.goal_q)
         self.goal_pose = self.ee_pose()
         self.goal_points = self.arm_image_points()
+        self.goal_optical_points = self.arm_optical_points()
         self.set_joints(self.start_q)
 
     # -- episode ------------------------------------------------------------------------
@@ -167,11 +168,17 @@ class ReachScene:
         """The camera frame, size×size×3 uint8 RGB."""
         return self.scene.render()[0]
 
-    def goal_frame(self) -> np.ndarray:
-        """The goal image: the scene with the arm at the goal configuration (then back at the start)."""
+    def render_rgbd(self) -> tuple[np.ndarray, np.ndarray]:
+        """The camera frame (size×size×3 uint8 RGB) and its aligned depth (size×size float32 metres
+        along the optical axis), from one render: what an RGB-D camera gives."""
+        views = self.scene.render_views()
+        return views.rgb, self.scene.depth(views)
+
+    def goal_frame(self, depth: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """The goal image (with ``depth``: and its depth): the arm at the goal configuration (then back at the start)."""
         q = self.joint_positions()
         self.set_joints(self.goal_q)
-        frame = self.render()
+        frame = self.render_rgbd() if depth else self.render()
         self.set_joints(q)
         return frame
 
@@ -201,6 +208,10 @@ class ReachScene:
         """A×3 world positions of the arm's annotated points (``arm_point_names`` order)."""
         arm = self.scene.arm
         return np.stack([w for _, body, w in self.scene.world_points() if body == arm])
+
+    def arm_optical_points(self) -> np.ndarray:
+        """A×3 positions (metres) of the arm's annotated points in the camera optical frame."""
+        return self.scene.camera.to_optical(self.arm_world_points())
 
     def arm_image_points(self) -> tuple[np.ndarray, np.ndarray]:
         """(A×2 pixels of the frame, A bool: inside the frame) of the arm's annotated points."""
