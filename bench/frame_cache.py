@@ -18,7 +18,6 @@ cached reads hit the OS page cache after the first epoch, as they do in training
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -118,11 +117,7 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m kp_perception_bench.frame_cache", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    print(json.dumps(run(parser.parse_args(argv)), indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    from kp_perception_bench._entry import run_as_module
+
+    run_as_module("frame_cache")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import array
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -142,11 +141,7 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m kp_perception_bench.image_conversion", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    print(json.dumps(run(parser.parse_args(argv)), indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    from kp_perception_bench._entry import run_as_module
+
+    run_as_module("image_conversion")

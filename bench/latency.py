@@ -273,11 +273,7 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    print(json.dumps(run(parser.parse_args()), indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    from kp_perception_bench._entry import run_as_module
+
+    run_as_module("latency")

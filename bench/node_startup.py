@@ -23,7 +23,6 @@ import argparse
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -130,25 +129,7 @@ def _one_start(kind: str, model: Path, timeout: float) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    import json
-
-    parser = argparse.ArgumentParser(prog="python -m kp_perception_bench.node_startup", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    from kp_perception.errors import KpPerceptionError
-
-    try:
-        figures = run(args)
-    except KpPerceptionError as exc:
-        print(f"bench node_startup: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(figures, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from kp_perception_bench._entry import run_as_module
+
+    run_as_module("node_startup")

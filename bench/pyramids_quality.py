@@ -800,6 +800,6 @@ def _update_doc(markdown: str) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    print(json.dumps(run(parser.parse_args()), indent=2))
+    from kp_perception_bench._entry import run_as_module
+
+    run_as_module("pyramids_quality")

@@ -24,7 +24,6 @@ joint state read.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import tempfile
@@ -132,11 +131,7 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m kp_perception_bench.sim_speed", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    print(json.dumps(run(parser.parse_args(argv)), indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    from kp_perception_bench._entry import run_as_module
+
+    run_as_module("sim_speed")

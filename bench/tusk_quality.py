@@ -238,11 +238,7 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m kp_perception_bench.tusk_quality", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    print(json.dumps(run(parser.parse_args(argv)), indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    from kp_perception_bench._entry import run_as_module
+
+    run_as_module("tusk_quality")

@@ -24,7 +24,6 @@ ratio is measured side by side, the absolute figures are not.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -168,11 +167,7 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m kp_perception_bench.tusk_throughput", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    print(json.dumps(run(parser.parse_args(argv)), indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    from kp_perception_bench._entry import run_as_module
+
+    run_as_module("tusk_throughput")

@@ -26,7 +26,11 @@ from kp_perception_training.quantization import (
 )
 from test.fixtures_bags import smooth_frames, write_bag, write_image_folder
 from test.model_fixtures import make_model
-from test.test_pyramids_training import tiny_config, trained  # noqa: F401  (the fixture: a run that learned)
+from test.test_pyramids_training import (  # noqa: F401  (trained: the fixture, a run that learned)
+    tiny_config,
+    trained,
+    write_square_sequence,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -187,26 +191,12 @@ def test_cli_int8_bad_input_is_one_line(pyramids, frames_folder, tmp_path, capsy
 def test_eval_onnx_scores_the_exported_float_and_int8_models_of_a_trained_run(trained, tmp_path, monkeypatch):  # noqa: F811
     """A model that learned to follow a square: the exported float32 graph scores as the torch encoder does,
     and its int8 graph (calibrated on the same kind of frames) stays within a fraction of a pixel of it."""
-    import csv
-
-    import cv2
-
     from kp_perception_training.export import export_graph_from_checkpoint
     from kp_perception_training.pyramids.evaluate import evaluate
 
     method, images, centre_px, _ = trained
     monkeypatch.setenv("KP_PERCEPTION_CACHE", str(tmp_path / "cache"))
-    seq = tmp_path / "squares"
-    seq.mkdir()
-    for i, img in enumerate(images):
-        frame = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        cv2.imwrite(str(seq / f"{i:04d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    ann = tmp_path / "annotations.csv"
-    with open(ann, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["sequence", "frame", "name", "x", "y", "visible"])
-        for i, (x, y) in enumerate(centre_px):
-            writer.writerow(["squares", i, "square/centre", x, y, 1])
+    seq, ann = write_square_sequence(tmp_path, images, centre_px)
     checkpoint = {"kind": "pyramids", "config": tiny_config().to_dict(), "encoder": method.encoder.state_dict()}
     onnx_path = export_graph_from_checkpoint(checkpoint, tmp_path / "m.onnx").onnx_path
     q = quantize_int8(onnx_path, [seq], frames=32)

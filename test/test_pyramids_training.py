@@ -108,27 +108,34 @@ def test_a_keypoint_follows_the_moving_object(trained):
     assert max(corr) > 0.9, corr
 
 
-@pytest.mark.timeout(300)
-def test_landmark_evaluation_scores_the_learned_keypoints_in_frame_pixels(trained, tmp_path, monkeypatch):
-    method, images, centre_px, _ = trained
-    monkeypatch.setenv("KP_PERCEPTION_CACHE", str(tmp_path / "cache"))
-    # The sequence on disk at twice the training size, so evaluation must map back to frame pixels.
-    seq = tmp_path / "squares"
+def write_square_sequence(folder, images, centre_px, scale: int = 1):
+    """The learned square sequence as a PNG folder ``folder/squares`` (frames ``scale`` × the training size)
+    and its annotations CSV: the square's centre as ``square/centre`` in frame pixels, plus an occluded
+    ``ghost`` row with nonsense coordinates that every evaluation must leave out. Returns (folder, csv)."""
+    seq = folder / "squares"
     seq.mkdir()
-    scale = 2
     for i, img in enumerate(images):
         frame = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         frame = cv2.resize(frame, (SIZE * scale, SIZE * scale), interpolation=cv2.INTER_NEAREST)
         cv2.imwrite(str(seq / f"{i:04d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    ann = tmp_path / "annotations.csv"
+    ann = folder / "annotations.csv"
     with open(ann, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["sequence", "frame", "name", "x", "y", "visible"])
         for i, (x, y) in enumerate(centre_px):
             fx, fy = (x + 0.5) * scale - 0.5, (y + 0.5) * scale - 0.5
             writer.writerow(["squares", i, "square/centre", fx, fy, 1])
-            # an occluded point with nonsense coordinates must be left out
             writer.writerow(["squares", i, "ghost", 1e4 * (i % 3), -1e4, 0])
+    return seq, ann
+
+
+@pytest.mark.timeout(300)
+def test_landmark_evaluation_scores_the_learned_keypoints_in_frame_pixels(trained, tmp_path, monkeypatch):
+    method, images, centre_px, _ = trained
+    monkeypatch.setenv("KP_PERCEPTION_CACHE", str(tmp_path / "cache"))
+    # The sequence on disk at twice the training size, so evaluation must map back to frame pixels.
+    scale = 2
+    seq, ann = write_square_sequence(tmp_path, images, centre_px, scale=scale)
     checkpoint = {
         "kind": "pyramids",
         "config": tiny_config().to_dict(),

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -53,6 +52,7 @@ from kp_perception.cli.demo_summary import (
     print_summary,
     summarise,
 )
+from kp_perception.cli.processes import stop_process
 from kp_perception.kinds import KINDS
 from kp_perception.resources import share_path
 
@@ -245,7 +245,7 @@ def _run_node_and_play(
         sent = player.play(frames, args.rate, progress=True, total=len(frames))
         _wait_for_outputs(received, lock, output_topic, len(sent), quiet_s=max(2.0, 3.0 / args.rate))
     finally:
-        node_exit = _stop(proc)
+        node_exit = stop_process(proc)
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
@@ -266,18 +266,6 @@ def _wait_for_outputs(received: list[Received], lock: threading.Lock, topic: str
         elif time.monotonic() - last_change > quiet_s:
             return
         time.sleep(0.05)
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
-    """SIGINT (the node shuts down cleanly), then SIGKILL after ``timeout`` s; returns the exit status."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5.0)
-    return proc.returncode
 
 
 def _last_line(path: Path) -> str:

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from kp_perception.cli.processes import stop_process
+
 IMAGE_TOPIC = "/camera/image_raw"
 CAMERA_INFO_TOPIC = "/camera/camera_info"
 JOINT_STATES_TOPIC = "/joint_states"
@@ -276,19 +278,6 @@ def _choose_domain() -> int:
     return int(value) if value.isdigit() else 101 + os.getpid() % 100
 
 
-def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
-    import signal
-
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5.0)
-    return proc.returncode
-
-
 def run_closed_loop(*, model: Path, episodes: list[int], seed: int, duration: float, rate: float,
                     controller: str = "ibvs", policy: Path | None = None, slot_prefix: str = "",
                     out: Path, video_episode: int | None = 0, startup_timeout: float = 60.0,
@@ -385,7 +374,7 @@ def run_closed_loop(*, model: Path, episodes: list[int], seed: int, duration: fl
         with robot._lock:
             command_log = list(robot.command_log)
     finally:
-        exits = [_stop(p) for p in procs]
+        exits = [stop_process(p) for p in procs]
         if robot is not None:
             robot.close()
     latency = np.array([(rcv - st) * 1e-6 for st, rcv in command_log if st > 0])
