@@ -193,3 +193,58 @@ def test_fit_curve_at_strength_zero_is_the_benchmark_least_squares_figure(tiny_g
         if r["method"] == "pyramids":
             assert curve["level_2"]["0"] == pytest.approx(r["rmse_px"]["level_2"], rel=1e-9)
         assert len(set(curve["flattened"].values())) > 1, "the ridge strength changes the fit"
+
+
+def _compare_args(*extra: str) -> argparse.Namespace:
+    from kp_perception_bench import pyramids_compare
+
+    parser = argparse.ArgumentParser()
+    pyramids_compare.add_arguments(parser)
+    return parser.parse_args(["--name", "t", "--families", "side", *extra])
+
+
+def test_compare_pairs_arms_of_a_recorded_grid_and_measures_them_against_the_baseline(tiny_grid, monkeypatch):
+    """Arms read from a real grid's JSON: figures, margin and wins come from the same family × seed runs."""
+    from kp_perception_bench import pyramids_compare
+
+    root, result = tiny_grid
+    monkeypatch.setattr(pyramids_compare, "results_dir", lambda: root / "results")
+    grid = root / "results" / "pyramids_quality_families.json"
+    out = pyramids_compare.run(_compare_args("--baseline", "T", "--arm", f"P={grid}:pyramids",
+                                             "--arm", f"T={grid}:transporter30"))
+    runs = {r["method"]: r for r in result["runs"]}
+    p, t = runs["pyramids"]["rmse_px"]["flattened"], runs["transporter30"]["rmse_px"]["flattened"]
+    assert out["pairs"] == [["side", 0]]
+    assert out["per_family"]["side"]["arms"]["P"]["least_squares"]["level_2"]["mean"] == runs["pyramids"]["rmse_px"]["level_2"]
+    assert "level_2" not in out["per_family"]["side"]["arms"]["T"]["least_squares"]
+    assert out["mean_over_families"]["P"]["least_squares"]["margin_vs_baseline"] == pytest.approx((t - p) / t)
+    assert out["mean_over_families"]["P"]["least_squares"]["paired_wins"] == int(p < t)
+    assert json.loads((root / "results" / "pyramids_compare_t.json").read_text())["pairs"] == [["side", 0]]
+    with pytest.raises(KpPerceptionError, match="no run of method"):
+        pyramids_compare.run(_compare_args("--baseline", "T", "--arm", f"T={grid}:keynet30"))
+    with pytest.raises(KpPerceptionError, match="LABEL=JSON:METHOD"):
+        pyramids_compare.run(_compare_args("--baseline", "T", "--arm", "T"))
+
+
+def test_compare_keeps_only_the_pairs_every_arm_ran(tmp_path):
+    from kp_perception_bench.pyramids_compare import arm_runs, compare
+
+    def grid(path, seeds, value):
+        runs = [{"family": "side", "method": "pyramids", "seed": s,
+                 "rmse_px": {"flattened": value + s, "level_1": 9.0, "level_2": value},
+                 "rmse_px_ridge": {"flattened": value, "level_1": 9.0, "level_2": value}} for s in seeds]
+        path.write_text(json.dumps({"setting": {"families_requested": ["side"], "steps": 600}, "runs": runs}))
+        return arm_runs(path, "pyramids")
+
+    a, b = grid(tmp_path / "a.json", [0, 1, 2], 5.0), grid(tmp_path / "b.json", [1, 2, 3], 6.0)
+    out = compare({"a": a, "b": b}, "b", ["side", "kuka"], None)
+    assert out["pairs"] == [["side", 1], ["side", 2]]
+    assert out["families_without_pairs"] == ["kuka"]
+    mean_a = np.mean([5.0 + 1, 5.0 + 2])
+    assert out["per_family"]["side"]["arms"]["a"]["least_squares"]["flattened"]["mean"] == pytest.approx(mean_a)
+    assert out["mean_over_families"]["a"]["least_squares"]["paired_wins"] == 2
+    with pytest.raises(KpPerceptionError, match="share no family"):
+        compare({"a": a, "b": b}, "b", ["side"], [0])
+    (tmp_path / "flat.json").write_text(json.dumps({"setting": {}, "runs": []}))
+    with pytest.raises(KpPerceptionError, match="not a pyramids_quality --families"):
+        arm_runs(tmp_path / "flat.json", "pyramids")
