@@ -27,6 +27,9 @@ cannot be servoed to 1 cm in that direction, whatever the controller: the
 ratio jitter / (px per cm) is the blind distance, reported per direction.
 Frames are rendered at each ``--sizes`` value and shrunk to the model's input
 by its resize (the node's path); the ground-truth points do not depend on it.
+``--also NAME=PATH`` measures further Pyramids models (all levels, and level 1
+as ``NAME_level1``) on the same frames, so a retrained model (say one trained at
+128 px) is compared with the shipped one side by side in one run.
 """
 
 from __future__ import annotations
@@ -52,7 +55,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=str(share_path("models", "pyramids.onnx")), help="Pyramids model")
     parser.add_argument("--transporter", default=str(share_path("models", "transporter30.onnx")),
                         help="Transporter-30 model")
+    parser.add_argument("--also", nargs="*", default=[], metavar="NAME=PATH",
+                        help="further Pyramids models to measure on the same frames (all levels as NAME, level 1 "
+                        "as NAME_level1), e.g. pyramids128=build/pyramids128.onnx")
     parser.add_argument("--json", default=str(results_dir() / "servo_observability.json"), help="where to write the figures")
+
+
+def named_models(items: list[str]) -> dict[str, str]:
+    """``--also`` items ``NAME=PATH`` as {name: path}; one clear error for a bad item, a taken name or no file."""
+    from pathlib import Path
+
+    from kp_perception.errors import KpPerceptionError
+
+    taken = {"ground_truth", "pyramids", "pyramids_level1", "transporter30"}
+    models: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise KpPerceptionError(f"--also {item!r}: expected NAME=PATH")
+        if name in taken or name in models or f"{name}_level1" in taken:
+            raise KpPerceptionError(f"--also {item!r}: the name {name!r} is already measured")
+        if not Path(path).is_file():
+            raise KpPerceptionError(f"--also {item!r}: no model file at {path}")
+        models[name] = path
+    return models
 
 
 def least_visible_move(jf: np.ndarray, je: np.ndarray) -> tuple[float, float]:
@@ -83,9 +109,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     threshold = IBVSConfig().motion_threshold
+    also = named_models(args.also)
     observers = {"pyramids": ModelObserver(args.model),
                  "pyramids_level1": ModelObserver(args.model, slot_prefix="level0/"),
                  "transporter30": ModelObserver(args.transporter)}
+    for name, path in also.items():
+        observers[name] = ModelObserver(path)
+        observers[f"{name}_level1"] = ModelObserver(path, slot_prefix="level0/")
     started = time.monotonic()
     per: dict[str, list[tuple[float, float, int]]] = {}
     for size in sizes:
@@ -131,7 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "settings": {"episodes": args.episodes, "seed": args.seed, "sizes": sizes, "delta_rad": args.delta,
                      "motion_threshold": threshold, "pixels": "of a 64 px frame",
-                     "model": args.model, "transporter": args.transporter},
+                     "model": args.model, "transporter": args.transporter, **({"also": also} if also else {})},
         "observations": {},
     }
     for key, rows in per.items():

@@ -140,6 +140,36 @@ def test_least_visible_move_is_zero_for_a_direction_no_feature_sees():
     assert least_visible_move(sees_all, je)[0] > 1.0
 
 
+def test_servo_observability_measures_another_model_on_the_same_frames(tmp_path):
+    """`--also NAME=PATH` puts a further model beside the shipped one: the same file gives the same figures."""
+    pytest.importorskip("pybullet")
+    from kp_perception.resources import share_path
+    from kp_perception_bench import servo_observability
+
+    parser = argparse.ArgumentParser()
+    servo_observability.add_arguments(parser)
+    shipped = str(share_path("models", "pyramids.onnx"))
+    args = parser.parse_args(["--episodes", "1", "--sizes", "64", "--jitter-samples", "2",
+                              "--also", f"again={shipped}", "--json", str(tmp_path / "o.json")])
+    figures = servo_observability.run(args)["observations"]
+    assert figures["again@64px"] == figures["pyramids@64px"]
+    assert figures["again_level1@64px"] == figures["pyramids_level1@64px"]
+    assert figures["again@64px"]["features_used_median"] > 0
+
+
+def test_servo_observability_rejects_a_bad_extra_model(tmp_path):
+    from kp_perception.errors import KpPerceptionError
+    from kp_perception_bench.servo_observability import named_models
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    assert named_models([f"m128={model}"]) == {"m128": str(model)}
+    for bad, reason in ((str(model), "NAME=PATH"), (f"pyramids={model}", "already measured"),
+                        ("m=m_missing.onnx", "no model file")):
+        with pytest.raises(KpPerceptionError, match=reason):
+            named_models([bad])
+
+
 def test_bench_servo_rejects_an_unknown_controller_setting():
     from kp_perception.errors import KpPerceptionError
     from kp_perception_bench.servo import ibvs_config
