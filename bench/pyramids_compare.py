@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_arm(text: str) -> tuple[str, Path, str]:
     """``LABEL=JSON:METHOD`` -> (label, path, method)."""
-    label, sep, rest = text.partition("=")
+    label, sep, rest = text.rpartition("=")  # a label may hold "=", a path does not
     path, sep2, method = rest.rpartition(":")
     if not (sep and sep2 and label and path and method):
         raise KpPerceptionError(f"--arm {text!r}: expected LABEL=JSON:METHOD")
