@@ -54,12 +54,23 @@ class Lifecycle:
         wait_for(lambda: self.change.service_is_ready() and self.get.service_is_ready(), 30,
                  "the lifecycle services", node)
 
-    def _call(self, client, request):
+    def _call(self, client, request, timeout: float = 60.0):
         future = client.call_async(request)
-        wait_for(future.done, 60, f"a reply from {client.srv_name}", self.node)
+        wait_for(future.done, timeout, f"a reply from {client.srv_name}", self.node)
         return future.result()
 
     def state(self) -> str:
+        """The node's state. get_state is idempotent, so a lost reply is asked again: on a loaded CPU Fast DDS
+        can drop a service reply ("failed to send response (timeout)") while it still matches the client's
+        reply reader."""
+        for _ in range(2):
+            future = self.get.call_async(GetState.Request())
+            deadline = time.monotonic() + 20.0
+            while time.monotonic() < deadline and not future.done():
+                time.sleep(0.02)
+            if future.done():
+                return future.result().current_state.label
+            self.get.remove_pending_request(future)
         return self._call(self.get, GetState.Request()).current_state.label
 
     def transition(self, transition_id: int) -> bool:
