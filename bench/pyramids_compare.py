@@ -39,8 +39,9 @@ SETS = ("flattened", "level_1", "level_2")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="name of this comparison (result files, docs markers)")
-    parser.add_argument("--arm", action="append", required=True, metavar="LABEL=JSON:METHOD",
-                        help="one arm: a label, a pyramids_quality --families JSON and the method in it")
+    parser.add_argument("--arm", action="append", required=True, metavar="LABEL=JSON[,JSON...]:METHOD",
+                        help="one arm: a label, pyramids_quality --families JSONs (families run by separate "
+                        "processes) and the method in them")
     parser.add_argument("--baseline", required=True, help="the label of the arm the others are measured against")
     parser.add_argument("--families", required=True, help="comma list of the families to compare on")
     parser.add_argument("--seeds", default="", help="comma list of seeds (default: those every arm ran)")
@@ -158,8 +159,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         label, path, method = parse_arm(text)
         if label in arms:
             raise KpPerceptionError(f"two arms are labelled {label!r}")
-        arms[label] = arm_runs(path, method)
-        sources[label] = {"json": str(path), "method": method}
+        arms[label] = {}
+        for part in str(path).split(","):
+            arms[label].update(arm_runs(Path(part), method))
+        sources[label] = {"json": str(path).split(","), "method": method}
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()] or None
     result = compare(arms, args.baseline, families, seeds)
