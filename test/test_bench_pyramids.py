@@ -220,6 +220,9 @@ def test_compare_pairs_arms_of_a_recorded_grid_and_measures_them_against_the_bas
     assert out["mean_over_families"]["P"]["least_squares"]["margin_vs_baseline"] == pytest.approx((t - p) / t)
     assert out["mean_over_families"]["P"]["least_squares"]["paired_wins"] == int(p < t)
     assert json.loads((root / "results" / "pyramids_compare_t.json").read_text())["pairs"] == [["side", 0]]
+    split = pyramids_compare.run(_compare_args("--baseline", "T", "--arm", f"P={grid},{grid}:pyramids",
+                                               "--arm", f"T={grid}:transporter30"))
+    assert split["per_family"] == out["per_family"]  # an arm may gather its families from several JSONs
     with pytest.raises(KpPerceptionError, match="no run of method"):
         pyramids_compare.run(_compare_args("--baseline", "T", "--arm", f"T={grid}:keynet30"))
     with pytest.raises(KpPerceptionError, match="LABEL=JSON:METHOD"):
