@@ -54,24 +54,23 @@ class Lifecycle:
         wait_for(lambda: self.change.service_is_ready() and self.get.service_is_ready(), 30,
                  "the lifecycle services", node)
 
-    def _call(self, client, request, timeout: float = 60.0):
+    def _call(self, client, request, timeout: float = 60.0, attempts: int = 1):
+        """Call and wait for the reply; an idempotent request may be sent ``attempts`` times, because on a
+        loaded CPU Fast DDS can drop a service reply ("failed to send response (timeout)")."""
+        for _ in range(attempts - 1):
+            future = client.call_async(request)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and not future.done():
+                time.sleep(0.02)
+            if future.done():
+                return future.result()
+            client.remove_pending_request(future)
         future = client.call_async(request)
         wait_for(future.done, timeout, f"a reply from {client.srv_name}", self.node)
         return future.result()
 
     def state(self) -> str:
-        """The node's state. get_state is idempotent, so a lost reply is asked again: on a loaded CPU Fast DDS
-        can drop a service reply ("failed to send response (timeout)") while it still matches the client's
-        reply reader."""
-        for _ in range(2):
-            future = self.get.call_async(GetState.Request())
-            deadline = time.monotonic() + 20.0
-            while time.monotonic() < deadline and not future.done():
-                time.sleep(0.02)
-            if future.done():
-                return future.result().current_state.label
-            self.get.remove_pending_request(future)
-        return self._call(self.get, GetState.Request()).current_state.label
+        return self._call(self.get, GetState.Request(), timeout=20.0, attempts=3).current_state.label
 
     def transition(self, transition_id: int) -> bool:
         return self._call(self.change, ChangeState.Request(transition=Transition(id=transition_id))).success
