@@ -112,6 +112,29 @@ def test_a_rerun_reuses_the_finished_runs(tiny_grid, monkeypatch):
     assert again["per_family_rmse_px"] == result["per_family_rmse_px"]
 
 
+@pytest.mark.timeout(600)
+def test_parallel_jobs_give_the_same_runs_as_one_job(tiny_grid, monkeypatch):
+    """--jobs 2 runs the grid's train/eval processes side by side: same seeds, same data, same figures."""
+    root, result = tiny_grid
+    monkeypatch.setattr(pq, "results_dir", lambda: root / "results_jobs")
+    parallel = pq.run(_args(root / "work", "--jobs", "2", "--tag", "jobs2"))
+    assert parallel["wall_clock_seconds"]["jobs"] == 2 and parallel["families_run"] == ["side"]
+    assert [(r["method"], r["seed"]) for r in parallel["runs"]] == [(r["method"], r["seed"]) for r in result["runs"]]
+    for mine, theirs in zip(parallel["runs"], result["runs"], strict=True):
+        assert mine["train_seconds"] != theirs["train_seconds"] or mine is theirs  # trained again, not reused
+        assert mine["rmse_px"] == pytest.approx(theirs["rmse_px"], rel=1e-3)
+    assert (root / "work" / "side" / "logs" / "pyramids_s0_64px_5st_jobs2.log").is_file()
+
+
+@pytest.mark.timeout(600)
+def test_a_finished_run_with_other_level_sizes_is_not_mixed_in(tiny_grid):
+    """Run directories are named without the level sizes: reusing one trained with other sizes is refused."""
+    root, result = tiny_grid
+    assert next(r for r in result["runs"] if r["method"] == "pyramids")["keypoints_per_level"] == [15, 15]
+    with pytest.raises(KpPerceptionError, match=r"trained with keypoints_per_level=\[15, 15\].*asks for \[10, 20\]"):
+        pq.run(_args(root / "work", "--methods", "pyramids", "--set", "model.keypoints_per_level=[10,20]"))
+
+
 def test_unknown_family_is_one_clear_error(tmp_path):
     with pytest.raises(KpPerceptionError, match="unknown scene family \\['nowhere'\\]"):
         pq.run(_args(tmp_path, "--families", "default,nowhere"))
