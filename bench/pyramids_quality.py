@@ -764,7 +764,8 @@ def _markdown(result: dict) -> str:
     ]
     for name, cells in t.items():
         if name == "pyramids":
-            lines.append(f"| Keypoint Pyramids (10+20) | {_fmt(cells.get('level_1'))} | {_fmt(cells.get('level_2'))} | "
+            levels = "+".join(map(str, s.get("pyramids_keypoints_per_level", PYRAMIDS_LEVELS["paper"])))
+            lines.append(f"| Keypoint Pyramids ({levels}) | {_fmt(cells.get('level_1'))} | {_fmt(cells.get('level_2'))} | "
                          f"{_fmt(cells.get('flattened'))} |")
         else:
             lines.append(f"| {name} (flat) | — | — | {_fmt(cells.get('flattened'))} |")
@@ -826,6 +827,8 @@ def markdown_families(result: dict[str, Any]) -> str:
         f"per family. Per family {s['train_episodes']} train / {s['test_episodes']} test episodes of {s['frames']} "
         f"frames, {s['steps']} steps, batch {s['batch_size']}, Adam {s['lr']:g}"
         + (", CPU model preset" if s["cpu_preset"] else ", paper model") + _maps(s)
+        + (f", Pyramids levels {' + '.join(map(str, s['pyramids_keypoints_per_level']))} keypoints"
+           if "pyramids_keypoints_per_level" in s else "")
         + ". LS = least squares (the paper's protocol), ridge = CV ridge on standardised columns, same for every method.",
         "",
         "| family | method | level 1 LS | level 2 LS | flattened LS | level 2 ridge | flattened ridge |",
@@ -888,7 +891,10 @@ def markdown_families(result: dict[str, Any]) -> str:
     w = result["wall_clock_seconds"]
     per = ", ".join(f"{f} {v['total'] / 60:.1f} min ({v['simulation'] / 60:.1f} simulation)" for f, v in w["per_family"].items())
     runs = result["runs"]
-    lines += ["", f"Wall clock: {w['total'] / 60:.1f} min in all; {per}; {np.mean([r['train_seconds'] + r['eval_seconds'] for r in runs]):.0f} s "
+    jobs = w.get("jobs", 1)
+    lines += ["", f"Wall clock: {w['total'] / 60:.1f} min in all"
+              + (f" with {jobs} runs at a time; work per family (simulation + train + eval, summed): " if jobs > 1 else "; ")
+              + f"{per}; {np.mean([r['train_seconds'] + r['eval_seconds'] for r in runs]):.0f} s "
               f"per train+eval run on average, torch threads per run: {s['threads']}."]
     return "\n".join(lines) + "\n"
 

@@ -172,6 +172,13 @@ class LaunchProcess:
         return self.proc.returncode
 
 
+def send_until(peer, launch: LaunchProcess, msg_type, topic: str, make_msg, done, what: str, wait: float = 60):
+    """Publish frames to the launched node, once it subscribes, until ``done()``; the stamps sent."""
+    pub = peer.node.create_publisher(msg_type, topic, qos_profile_sensor_data)
+    wait_for(lambda: pub.get_subscription_count() > 0, wait, what, launch)
+    return publish_until(peer, pub, make_msg, done, launch)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     from test.model_fixtures import make_model
@@ -194,9 +201,8 @@ def test_pyramids_launch_file_frames_in_hierarchies_and_debug_image_out(launch_e
     try:
         pyramids = peer.collect(KeypointPyramid, f"/{ns}/keypoints")
         debug = peer.collect(Image, f"/{ns}/debug_image")
-        pub = peer.node.create_publisher(Image, f"/{ns}/camera/image_raw", qos_profile_sensor_data)
-        wait_for(lambda: pub.get_subscription_count() > 0, 60, "the launched node's image subscription", launch)
-        sent = publish_until(peer, pub, raw_msg, lambda: len(pyramids) >= 3 and debug, launch)
+        sent = send_until(peer, launch, Image, f"/{ns}/camera/image_raw", raw_msg, lambda: len(pyramids) >= 3 and debug,
+                          "the launched node's image subscription")
         for msg in list(pyramids):
             assert (msg.header.stamp.sec, msg.header.stamp.nanosec) in sent
             check_pyramid(msg)
@@ -214,10 +220,8 @@ def test_tusk_launch_file_compressed_frames_in_detections_out(launch_env, peer, 
                            image_topic=f"/{ns}/camera/image_raw", compressed="true")
     try:
         dets = peer.collect(PrototypeDetectionArray, f"/{ns}/detections")
-        pub = peer.node.create_publisher(CompressedImage, f"/{ns}/camera/image_raw/compressed",
-                                         qos_profile_sensor_data)
-        wait_for(lambda: pub.get_subscription_count() > 0, 60, "the launched node's compressed subscription", launch)
-        sent = publish_until(peer, pub, compressed_msg, lambda: len(dets) >= 3, launch)
+        sent = send_until(peer, launch, CompressedImage, f"/{ns}/camera/image_raw/compressed", compressed_msg,
+                          lambda: len(dets) >= 3, "the launched node's compressed subscription")
         for msg in list(dets):
             assert (msg.header.stamp.sec, msg.header.stamp.nanosec) in sent
             assert msg.num_prototypes > 0
@@ -253,9 +257,8 @@ def test_launch_with_autostart_false_leaves_the_node_to_a_lifecycle_manager(laun
         assert lc.state() == "unconfigured"
         assert peer.node.count_subscribers(f"/{ns}/camera/image_raw") == 0
         assert lc.transition(Transition.TRANSITION_CONFIGURE) and lc.transition(Transition.TRANSITION_ACTIVATE)
-        pub = peer.node.create_publisher(Image, f"/{ns}/camera/image_raw", qos_profile_sensor_data)
-        wait_for(lambda: pub.get_subscription_count() > 0, 60, "the image subscription after activate", launch)
-        publish_until(peer, pub, raw_msg, lambda: len(pyramids) >= 2, launch)
+        send_until(peer, launch, Image, f"/{ns}/camera/image_raw", raw_msg, lambda: len(pyramids) >= 2,
+                   "the image subscription after activate")
     finally:
         assert launch.stop() == 0, launch.stderr()
 
@@ -271,9 +274,8 @@ def test_the_robot_guides_lifecycle_launch_file_configures_then_activates_the_no
     launch = LaunchProcess(launch_env, path, model=str(models["pyramids"]))
     try:
         pyramids = peer.collect(KeypointPyramid, "/keypoints")
-        pub = peer.node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
-        wait_for(lambda: pub.get_subscription_count() > 0, 90, "activation by the launch file's events", launch)
-        publish_until(peer, pub, raw_msg, lambda: len(pyramids) >= 2, launch)
+        send_until(peer, launch, Image, "/camera/image_raw", raw_msg, lambda: len(pyramids) >= 2,
+                   "activation by the launch file's events", wait=90)
         # Configured by launch's ChangeState event, activated on the configuring -> inactive transition.
         wait_for(lambda: "active: input /camera/image_raw" in launch.stderr(), 10, "the active line", launch)
         out = launch.stderr()
