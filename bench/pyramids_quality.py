@@ -42,9 +42,9 @@ docs/results.md): families side, kuka, default, run in that order (they differ i
 draw 5 objects per episode from the whole catalogue); today's single-scene setting unchanged
 otherwise: 64 px, 40 train / 20 test episodes of 30 frames (sim seeds 1 and 100000 in every
 family), 600 steps, batch 16, Adam 1e-3, paper map sizes, CPU preset, 3 seeds, one thread.
-Expected wall clock on one quiet core: ~80 min (per family ~2.5 min simulation + 3 seeds × (Pyramids
-~215 s + Transporter-30 ~142 s + KeyNet-30 ~93 s training, ~10 s evaluation each)); longer on a
-shared CPU: on 2026-12-03, at load 5-7 on 2 cores, a run took ~2.4x as long and one family ~50 min.
+Measured wall clock (2026-12-03, quiet 2-core machine, fresh --work): ``--families --jobs 2``
+42.5 min for the whole grid (83 min of run time, 179 s per train+eval run on average); one job
+takes about twice as long.
 """
 
 from __future__ import annotations
