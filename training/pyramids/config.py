@@ -8,7 +8,7 @@ signature holds those defaults; the flat kinds' keypoint count, 30, is the
 kind registry's). ``kp-perception train pyramids --print-config`` prints the
 resolved config.
 
-Smaller CPU preset (what ``bench/pyramids_quality.py`` and ``make models`` use)::
+Smaller CPU preset (what ``bench/pyramids_quality.py`` uses; ``make models`` keeps 10 + 20)::
 
     --set data.image_size=64 model.width=16 model.fpn_channels=32 model.head_channels=32
           decoder.decoder_width=32 decoder.appearance_width=16 decoder.feature_hidden=32
