@@ -450,16 +450,19 @@ def _paper_widths(args: argparse.Namespace) -> bool:
 def _setting(args: argparse.Namespace) -> dict[str, Any]:
     size = args.size or (128 if args.paper else 64)
     finest_stride = paper_finest_stride(size)
-    for item in args.set:  # an explicit --set model.finest_stride=... wins, and the JSON says so
+    levels = pyramids_levels(args)
+    for item in args.set:  # an explicit --set model.finest_stride=... (or level sizes) wins, and the JSON says so
         if item.startswith("model.finest_stride="):
             finest_stride = int(item.split("=", 1)[1])
+        if item.startswith("model.keypoints_per_level="):
+            levels = list(json.loads(item.split("=", 1)[1]))
     return {"size": size, "train_episodes": args.episodes or (360 if args.paper else 40),
             "test_episodes": args.test_episodes or (90 if args.paper else 20), "frames": args.frames,
             "steps": args.steps or (20000 if args.paper else 600), "batch_size": args.batch_size,
             "lr": args.lr or (1e-4 if args.paper else 1e-3), "seeds": args.seeds,
             "paper": bool(args.paper), "cpu_preset": None if _paper_widths(args) else CPU_PRESET,
             "finest_stride": finest_stride, "threads": args.threads, "extra_overrides": args.set,
-            "pyramids_keypoints_per_level": pyramids_levels(args)}
+            "pyramids_keypoints_per_level": levels}
 
 
 def _reanalyse(args: argparse.Namespace) -> dict[str, Any]:
