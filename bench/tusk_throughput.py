@@ -110,7 +110,7 @@ def reference_step(method, optimizers, batch, prototype_steps: int) -> None:
         # As in the reference: the loss sees live (not detached) descriptors, so backward runs
         # through the whole encoder; only the prototypes are stepped.
         desc = out["descriptors"].float().reshape(-1, out["descriptors"].shape[-1])
-        sw = sliced_wasserstein_loss(desc, method.encoder.prototypes, int(cfg["sw_projections"]), float(cfg["sw_noise_std"]))
+        sw = sliced_wasserstein_loss(desc, method.encoder.prototypes, cfg.sw_projections, cfg.sw_noise_std)
         sw = sw + 0.0 * desc.sum()  # keep the encoder in the graph (the reference loss was not detached)
         sw.backward()
         opt.step()
