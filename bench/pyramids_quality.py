@@ -76,9 +76,15 @@ CPU_PRESET = [
     "decoder.appearance_width=16",
     "decoder.feature_hidden=32",
 ]
-# name -> (kind, keypoints_per_level); the pyramid's level sizes depend on the widths (PYRAMIDS_LEVELS)
+# Keypoints per pyramid level. The paper's (10, 20) with the paper's widths (--paper, --architecture paper).
+# The CPU preset uses 15 + 15: chosen on the side family (seeds 0, 1) among five variants within the paper's
+# design and validated on kuka and default, by a protocol committed before those runs (docs/results.md,
+# "The method change"); the grid at both sizes is in docs/results.md.
+PYRAMIDS_LEVELS: dict[str, list[int]] = {"cpu": [15, 15], "paper": [10, 20]}
+
+# name -> (kind, keypoints_per_level); the pyramid's level sizes depend on the widths (pyramids_levels)
 METHODS: dict[str, tuple[str, list[int]]] = {
-    "pyramids": ("pyramids", [15, 15]),
+    "pyramids": ("pyramids", PYRAMIDS_LEVELS["cpu"]),
     "keynet10": ("keynet", [10]),
     "keynet20": ("keynet", [20]),
     "keynet30": ("keynet", [30]),
@@ -88,16 +94,16 @@ METHODS: dict[str, tuple[str, list[int]]] = {
 }
 
 
-# Keypoints per pyramid level. The paper's (10, 20) with the paper's widths (--paper, --architecture paper).
-# The CPU preset uses 15 + 15: chosen on the side family (seeds 0, 1) among five variants within the paper's
-# design and validated on kuka and default, by a protocol committed before those runs (docs/results.md,
-# "The method change"); the grid at both sizes is in docs/results.md.
-PYRAMIDS_LEVELS: dict[str, list[int]] = {"cpu": [15, 15], "paper": [10, 20]}
-
-
 def pyramids_levels(args: argparse.Namespace) -> list[int]:
-    """The level sizes the benchmark trains Keypoint Pyramids with (an explicit ``--set`` still wins)."""
-    return PYRAMIDS_LEVELS["paper" if _paper_widths(args) else "cpu"]
+    """The level sizes the benchmark trains Keypoint Pyramids with: an explicit ``--set`` wins, as in the trainer."""
+    explicit = _set_value(args.set, "model.keypoints_per_level")
+    return list(json.loads(explicit)) if explicit else PYRAMIDS_LEVELS["paper" if _paper_widths(args) else "cpu"]
+
+
+def _set_value(items: list[str], key: str) -> str | None:
+    """The last ``--set key=value`` for ``key`` (None when not set)."""
+    values = [item.split("=", 1)[1] for item in items if item.startswith(f"{key}=")]
+    return values[-1] if values else None
 
 
 # The committed grid of ``--families`` (issue 20; fixed before any result of it was seen). Run in this
@@ -253,12 +259,9 @@ def _train_eval(name: str, seed: int, run_dir: Path, train_dir: Path, test_dir: 
     """One method × seed: train, evaluate on the test set; a run recorded in ``bench_run.json`` is reused."""
     record = run_dir / "bench_run.json"
     kind, sizes = METHODS[name]
-    if kind == "pyramids":
-        sizes = pyramids_levels(args)
     extra = [s for s in args.set if kind == "pyramids" or not s.startswith(("ablation.", "loss.transport", "loss.spring"))]
-    for item in extra:  # an explicit --set model.keypoints_per_level=... wins, as in the trainer
-        if item.startswith("model.keypoints_per_level="):
-            sizes = list(json.loads(item.split("=", 1)[1]))
+    explicit = _set_value(extra, "model.keypoints_per_level")
+    sizes = pyramids_levels(args) if kind == "pyramids" else list(json.loads(explicit)) if explicit else sizes
     if record.is_file():
         _check_reused(run_dir, sizes)
         return json.loads(record.read_text())
@@ -450,19 +453,15 @@ def _paper_widths(args: argparse.Namespace) -> bool:
 def _setting(args: argparse.Namespace) -> dict[str, Any]:
     size = args.size or (128 if args.paper else 64)
     finest_stride = paper_finest_stride(size)
-    levels = pyramids_levels(args)
-    for item in args.set:  # an explicit --set model.finest_stride=... (or level sizes) wins, and the JSON says so
-        if item.startswith("model.finest_stride="):
-            finest_stride = int(item.split("=", 1)[1])
-        if item.startswith("model.keypoints_per_level="):
-            levels = list(json.loads(item.split("=", 1)[1]))
+    if _set_value(args.set, "model.finest_stride"):  # an explicit --set wins, and the JSON says so
+        finest_stride = int(_set_value(args.set, "model.finest_stride"))
     return {"size": size, "train_episodes": args.episodes or (360 if args.paper else 40),
             "test_episodes": args.test_episodes or (90 if args.paper else 20), "frames": args.frames,
             "steps": args.steps or (20000 if args.paper else 600), "batch_size": args.batch_size,
             "lr": args.lr or (1e-4 if args.paper else 1e-3), "seeds": args.seeds,
             "paper": bool(args.paper), "cpu_preset": None if _paper_widths(args) else CPU_PRESET,
             "finest_stride": finest_stride, "threads": args.threads, "extra_overrides": args.set,
-            "pyramids_keypoints_per_level": levels}
+            "pyramids_keypoints_per_level": pyramids_levels(args)}
 
 
 def _reanalyse(args: argparse.Namespace) -> dict[str, Any]:
