@@ -1,6 +1,7 @@
 """Descriptor probe: recovers attributes that are in the descriptors, stays at chance when they are not."""
 
 import numpy as np
+import pytest
 
 from kp_perception_training.evaluation.descriptor_probe import (
     kmeans_attribute_accuracy,
@@ -36,3 +37,12 @@ def test_kmeans_centres_are_unit_and_at_most_n():
     centres = kmeans_centres(x, k=10)
     assert centres.shape == (6, x.shape[1])
     np.testing.assert_allclose(np.linalg.norm(centres, axis=1), 1.0, atol=1e-9)
+
+
+def test_identical_descriptors_score_the_majority_guess_instead_of_failing():
+    """An untrained encoder can give every object the same descriptor; the probe must still report."""
+    labels = ["L", "L", "L", "I", "I", "L", "T", "L"]  # fit half (even rows) L L I T, test half L I L L
+    acc = nearest_centroid_accuracy(np.ones((len(labels), 4), np.float32), labels)
+    fit_half, test_half = labels[0::2], labels[1::2]
+    majority = max(set(fit_half), key=fit_half.count)
+    assert acc == pytest.approx(test_half.count(majority) / len(test_half))

@@ -46,6 +46,10 @@ def nearest_centroid_accuracy(descriptors: np.ndarray, labels: Sequence) -> floa
         return float("nan")
     if len(set(labels[fit].tolist())) < 2:  # one class: every prediction is that class
         return float((labels[test] == labels[fit][0]).mean())
+    if not np.ptp(descriptors[fit], axis=0).any():
+        # Identical descriptors (e.g. an untrained encoder): every centroid is the same point, so the
+        # probe can only guess the most frequent class (scikit-learn refuses to fit this).
+        return float((labels[test] == Counter(labels[fit].tolist()).most_common(1)[0][0]).mean())
     probe = NearestCentroid().fit(descriptors[fit], labels[fit])
     return float((probe.predict(descriptors[test]) == labels[test]).mean())
 
