@@ -77,7 +77,7 @@ GPU_FULL = {
 METRICS = {
     "tetrominoes": ["foreground_ari", "shape_accuracy", "colour_accuracy"],
     "mnist-hard": ["localisation", "classification"],
-    "tabletop": ["purity", "inverse_purity", "prototypes_in_use", "detection_recall"],
+    "tabletop": ["purity", "inverse_purity", "prototypes_used", "detection_recall"],
 }
 
 
@@ -102,6 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an arm, not the presets: write tusk_quality_TAG.json/.png and leave "
                              "docs/results.md and tusk_quality.json alone")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: recompute the summary, plot and table from the recorded results")
     parser.add_argument("--fresh", action="store_true",
                         help="drop the other datasets' results from bench/results/tusk_quality.json "
                              "(default: a run replaces only the datasets it ran)")
@@ -218,9 +220,12 @@ def summarise(name: str, seeds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _as_seeds(result: dict[str, Any]) -> dict[str, Any]:
-    """Results written before ``--seeds`` held one run (seed 0, CPU time not recorded): same shape as now."""
+    """A recorded result with its summary recomputed from its seeds (derived data, never trusted as stored).
+
+    Results written before ``--seeds`` held one run (seed 0, CPU time not recorded): same shape as now.
+    """
     if "seeds" in result:
-        return result
+        return {**result, **summarise(result["dataset"], result["seeds"])}
     seed = {"seed": 0, "curve": result.get("curve", []), "final": result.get("final", {}), "cpu_minutes": None,
             "load_before": result.get("load_before"), "load_after": result.get("load_after")}
     rest = {k: v for k, v in result.items() if k not in ("curve", "final", "load_before", "load_after")}
@@ -259,7 +264,7 @@ def _plot(results: list[dict[str, Any]], path: Path) -> None:
 
 def _metrics_of(result: dict[str, Any]) -> list[str]:
     """The fraction metrics that the result has (prototypes in use is a count: table only)."""
-    return [m for m in result["metrics"] if m != "prototypes_in_use"]
+    return [m for m in result["metrics"] if m != "prototypes_used"]
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -291,7 +296,7 @@ def _markdown(report: dict[str, Any]) -> str:
         goal = r["goal"]
         steps = "/".join(str(s["final"].get("step", "")) for s in r["seeds"])
         for m, v in r["metrics"].items():
-            digits = 2 if m == "prototypes_in_use" else 3
+            digits = 2 if m == "prototypes_used" else 3
             std = "" if v["std"] is None else f" ± {v['std']:.{digits}f}"
             per_seed = " / ".join(_fmt(x, digits) for x in v["per_seed"])
             paper = r["paper"].get(m)
@@ -334,7 +339,26 @@ def _merge(previous: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[di
     return [by_name[name] for name in CONFIGS if name in by_name]
 
 
+def _write(report: dict[str, Any], stem: str, doc: bool) -> None:
+    results_folder = results_dir()
+    results_folder.mkdir(parents=True, exist_ok=True)
+    (results_folder / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    _plot(report["results"], results_folder / f"{stem}.png")
+    if doc:
+        update_results_doc(BEGIN, END, _markdown(report))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    stem = f"tusk_quality_{args.tag}" if args.tag else "tusk_quality"
+    path = results_dir() / f"{stem}.json"
+    doc = not args.no_doc and not args.tag
+    if args.report_only:
+        if not path.is_file():
+            raise KpPerceptionError(f"--report-only: no recorded results in {path}")
+        report = {"benchmark": "tusk_quality", "tag": args.tag,
+                  "results": _merge(json.loads(path.read_text()).get("results", []), [])}
+        _write(report, stem, doc)
+        return report
     if args.jobs < 1:
         raise KpPerceptionError("--jobs must be >= 1")
     if len(set(args.seeds)) != len(args.seeds):
@@ -353,16 +377,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         **summarise(name, seeds), "paper": PAPER.get(name, {}), "command": _command(),
                         "max_minutes": args.max_minutes, "evals": args.evals, "jobs": args.jobs,
                         "gpu_full": args.gpu_full, "date": time.strftime("%Y-%m-%d")})
-    results_folder = results_dir()
-    stem = f"tusk_quality_{args.tag}" if args.tag else "tusk_quality"
-    path = results_folder / f"{stem}.json"
     previous = [] if args.fresh or not path.is_file() else json.loads(path.read_text()).get("results", [])
     report = {"benchmark": "tusk_quality", "tag": args.tag, "results": _merge(previous, results)}
-    results_folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-    _plot(report["results"], results_folder / f"{stem}.png")
-    if not args.no_doc and not args.tag:
-        update_results_doc(BEGIN, END, _markdown(report))
+    _write(report, stem, doc)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return report

@@ -49,6 +49,13 @@ def test_two_seeds_side_by_side_give_two_runs_their_summary_and_cpu_time(tmp_pat
     with pytest.raises(KpPerceptionError, match="already holds a run"):
         tq.run(_args(tmp_path / "work", "--seeds", "0"))
 
+    # --report-only recomputes the summary from the recorded seeds and trains nothing.
+    recorded = json.loads((tmp_path / "results" / "tusk_quality.json").read_text())
+    recorded["results"][0]["metrics"] = {}
+    (tmp_path / "results" / "tusk_quality.json").write_text(json.dumps(recorded))
+    again = tq.run(_args(tmp_path / "work", "--report-only"))
+    assert again["results"][0]["metrics"]["foreground_ari"] == result["metrics"]["foreground_ari"]
+
     # An arm (--tag) writes its own files and leaves the presets' results alone.
     before = (tmp_path / "results" / "tusk_quality.json").read_text()
     arm = tq.run(_args(tmp_path / "work_arm", "--seeds", "2", "--tag", "arm"))
