@@ -316,7 +316,8 @@ def _markdown(report: dict[str, Any]) -> str:
                 f"- **{r['dataset']} goal {'met' if goal['met'] else 'NOT met'}**: all thresholds on "
                 f"{sum(goal['met_per_seed'])} of {len(goal['met_per_seed'])} seeds; within "
                 f"{goal['cpu_minutes_budget']:.0f} CPU-min on {sum(goal['within_cpu_budget_per_seed'])} of "
-                f"{len(goal['within_cpu_budget_per_seed'])} (not recorded before `--seeds`).")
+                f"{len(goal['within_cpu_budget_per_seed'])}"
+                f"{' (not recorded before `--seeds`)' if any(x.get('cpu_minutes') is None for x in r['seeds']) else ''}.")
     lines += ["", "Trend (metric after each chunk):", ""]
     for r in report["results"]:
         for m in _metrics_of(r):
