@@ -196,6 +196,27 @@ def test_ground_truth_smoke_run_of_bench_servo_reaches_the_goal(tmp_path):
     assert used["arm/base"] == 0.0 and used["gripper"] > 0.5
 
 
+def test_demo_servo_closes_the_loop_through_the_real_nodes(tmp_path):
+    """`kp-perception demo servo`: simulator, pyramids_node and servo_node as real processes over ROS 2.
+
+    The shipped model's commands must answer the frames and move the arm towards the goal (this path
+    once broke silently when a simulator helper moved: only the in-process variants were tested).
+    """
+    pytest.importorskip("pybullet")
+    import json
+
+    out = tmp_path / "demo"
+    proc = subprocess.run(["kp-perception", "demo", "servo", "--out", str(out), "--episodes", "1", "--duration", "5"],
+                          capture_output=True, text=True, timeout=200,
+                          env={**os.environ, "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames_published"] == 150 and summary["answered_fraction"] > 0.8
+    (episode,) = summary["episodes"]
+    assert episode["final_position_error_mm"] < episode["initial_position_error_mm"] - 20.0
+    assert summary["control_latency_ms_p50"] > 0 and (out / "servo.gif").is_file()
+
+
 def test_reach_env_passes_gymnasium_check_env():
     pytest.importorskip("pybullet")
     from gymnasium.utils.env_checker import check_env

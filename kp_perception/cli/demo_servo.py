@@ -285,13 +285,14 @@ def run_closed_loop(*, model: Path, episodes: list[int], seed: int, duration: fl
     """Run ``episodes`` of the reach task through pyramids_node and servo_node; per-episode results + timing."""
     from kp_perception.observation import KeypointObservation
     from kp_perception_training.control.episodes import EpisodeResult, converge_time
+    from kp_perception_training.sim.bag_topics import camera_info_fields
     from kp_perception_training.sim.reach import ReachConfig, ReachScene
-    from kp_perception_training.sim.tabletop import camera_info_fields
 
     config = ReachConfig(seed=seed, control_hz=rate)
     probe = ReachScene(config, episodes[0])
     joint_names, lower, upper = probe.joint_names, probe.lower, probe.upper
-    info = camera_info_fields(probe.scene.camera)
+    camera = probe.scene.camera
+    info = camera_info_fields(camera.intrinsics, camera.width, camera.height)
     probe.close()
     info = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in info.items()}
 
