@@ -453,8 +453,8 @@ def _paper_widths(args: argparse.Namespace) -> bool:
 def _setting(args: argparse.Namespace) -> dict[str, Any]:
     size = args.size or (128 if args.paper else 64)
     finest_stride = paper_finest_stride(size)
-    if _set_value(args.set, "model.finest_stride"):  # an explicit --set wins, and the JSON says so
-        finest_stride = int(_set_value(args.set, "model.finest_stride"))
+    if stride := _set_value(args.set, "model.finest_stride"):  # an explicit --set wins, and the JSON says so
+        finest_stride = int(stride)
     return {"size": size, "train_episodes": args.episodes or (360 if args.paper else 40),
             "test_episodes": args.test_episodes or (90 if args.paper else 20), "frames": args.frames,
             "steps": args.steps or (20000 if args.paper else 600), "batch_size": args.batch_size,

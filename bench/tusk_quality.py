@@ -150,6 +150,11 @@ def _steps_of(run: Path) -> int:
     return int(ckpt["training"]["step"])
 
 
+def _overrides(name: str, args: argparse.Namespace) -> list[str]:
+    """The config overrides a dataset's runs are trained with: the GPU setting's, then ``--set``."""
+    return list(GPU_FULL[name] if args.gpu_full else []) + list(args.set)
+
+
 def run_seed(name: str, seed: int, args: argparse.Namespace, work: Path, position: int = 0) -> dict[str, Any]:
     """Train one seed in chunks, evaluating the held-out set after each; return its curve."""
     from tqdm import tqdm
@@ -161,7 +166,7 @@ def run_seed(name: str, seed: int, args: argparse.Namespace, work: Path, positio
                                 "pass another --workdir")
     train = _simulate(name, work / f"{name}_train_s{seed}", args.train_images, 1000 + seed, args, log)
     test = _simulate(name, work / f"{name}_test_s{seed}", args.test_images, 900_000 + seed, args, log)
-    overrides = list(GPU_FULL[name] if args.gpu_full else []) + list(args.set)
+    overrides = _overrides(name, args)
     chunk = args.max_minutes / max(args.evals, 1)
     curve = []
     trained = cpu = 0.0
@@ -219,7 +224,7 @@ def summarise(name: str, seeds: list[dict[str, Any]]) -> dict[str, Any]:
     return {"metrics": metrics, "goal": goal}
 
 
-def _as_seeds(result: dict[str, Any]) -> dict[str, Any]:
+def _with_summary(result: dict[str, Any]) -> dict[str, Any]:
     """A recorded result with its summary recomputed from its seeds (derived data, never trusted as stored).
 
     Results written before ``--seeds`` held one run (seed 0, CPU time not recorded): same shape as now.
@@ -336,7 +341,7 @@ def _command() -> str:
 
 def _merge(previous: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Results by dataset: this run's replace earlier ones, the others are kept; in CONFIGS order."""
-    by_name = {r["dataset"]: _as_seeds(r) for r in previous} | {r["dataset"]: r for r in new}
+    by_name = {r["dataset"]: _with_summary(r) for r in previous} | {r["dataset"]: r for r in new}
     return [by_name[name] for name in CONFIGS if name in by_name]
 
 
@@ -373,8 +378,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     for name in args.datasets:
         seeds = [done[(name, seed)] for seed in args.seeds]
-        overrides = list(GPU_FULL[name] if args.gpu_full else []) + list(args.set)
-        results.append({"dataset": name, "config": CONFIGS[name], "overrides": overrides, "seeds": seeds,
+        results.append({"dataset": name, "config": CONFIGS[name], "overrides": _overrides(name, args), "seeds": seeds,
                         **summarise(name, seeds), "paper": PAPER.get(name, {}), "command": _command(),
                         "max_minutes": args.max_minutes, "evals": args.evals, "jobs": args.jobs,
                         "gpu_full": args.gpu_full, "date": time.strftime("%Y-%m-%d")})
