@@ -73,6 +73,25 @@ def test_keypoints_are_differentiable_through_the_soft_argmax():
     assert heat.grad is not None and heat.grad.abs().sum() > 0
 
 
+def test_detached_descriptor_position_keeps_the_pull_off_the_keypoints():
+    """Same descriptors; a loss on them moves the features but, detached, no longer the score map."""
+    torch.manual_seed(0)
+    feats = torch.randn(1, 8, 16, 16)
+    grads = {}
+    for detach in (False, True):
+        enc = TuskEncoder(num_keypoints=1, num_prototypes=3, nms_window=5, width=8, descriptor_dim=8,
+                          detach_descriptor_position=detach)
+        heat = blob_map(16, 16, [(5.3, 9.6)]).requires_grad_()
+        f = feats.clone().requires_grad_()
+        out = enc.head(heat, f)
+        out["descriptors"][..., 0].sum().backward()
+        heat_grad = 0.0 if heat.grad is None else float(heat.grad.abs().sum())
+        grads[detach] = (out["descriptors"].detach(), heat_grad, float(f.grad.abs().sum()))
+    assert torch.equal(grads[False][0], grads[True][0])
+    assert grads[False][1] > 0 and grads[True][1] == 0
+    assert grads[True][2] > 0
+
+
 def test_exports_to_onnx_and_matches_onnxruntime(tmp_path):
     ort = pytest.importorskip("onnxruntime")
 

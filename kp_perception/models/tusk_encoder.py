@@ -162,6 +162,11 @@ class TuskEncoder(nn.Module):
         selection_noise: training only: uniform noise of this amplitude added to H when
             choosing the top-K maxima, so keypoints explore the image until H has learned
             where objects are (0 = off; never used in eval/``infer``).
+        detach_descriptor_position: sample descriptors bilinearly at the keypoints (the paper)
+            but pass no gradient to the keypoints' positions, as the reference code does by
+            sampling the integer pixel. The k-means pull on descriptors then shapes the features
+            only and cannot move a keypoint onto another object; the decoder and the scores still
+            place the keypoints. No effect on inference or export.
     """
 
     def __init__(
@@ -173,6 +178,7 @@ class TuskEncoder(nn.Module):
         descriptor_dim: int = 32,
         temperature: float = 0.2,
         selection_noise: float = 0.0,
+        detach_descriptor_position: bool = False,
     ) -> None:
         super().__init__()
         if nms_window < 1 or nms_window % 2 == 0:
@@ -183,6 +189,7 @@ class TuskEncoder(nn.Module):
         self.descriptor_dim = int(descriptor_dim)
         self.temperature = float(temperature)
         self.selection_noise = float(selection_noise)
+        self.detach_descriptor_position = bool(detach_descriptor_position)
         self.unet = UNet(3, width)
         self.feature_head = (
             nn.Identity() if descriptor_dim == width else nn.Conv2d(width, descriptor_dim, 1)
@@ -218,7 +225,8 @@ class TuskEncoder(nn.Module):
             selection = heatmap.detach() + self.selection_noise * torch.rand_like(heatmap)
         keypoints = detect_keypoints(heatmap, self.num_keypoints, self.nms_window, self.temperature, selection)
         scores = sample_at(heatmap, keypoints).squeeze(-1).clamp(0.0, 1.0)
-        descriptors = F.normalize(sample_at(features, keypoints), dim=-1)
+        at = keypoints.detach() if self.detach_descriptor_position else keypoints
+        descriptors = F.normalize(sample_at(features, at), dim=-1)
         return {"keypoints": keypoints, "scores": scores, "descriptors": descriptors}
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
