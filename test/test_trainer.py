@@ -191,6 +191,47 @@ def test_best_follows_train_loss_ema_without_val_split(tmp_path):
     assert best["training"]["best_metric"] == pytest.approx(summary["best_metric"])
 
 
+def test_weight_average_is_what_the_checkpoint_exports_and_resumes_bit_exact(tmp_path):
+    straight = run(tmp_path / "straight", tiny_config(weight_average=0.9))
+    ckpt = load_checkpoint(Path(straight["last"]))
+    live, averaged = ckpt["training"]["method"], ckpt["training"]["averaged_method"]
+    # The exported encoder is the average, not the live weights; resume keeps both.
+    assert torch.equal(ckpt["encoder"]["0.weight"], averaged["encoder.0.weight"])
+    assert not torch.allclose(averaged["encoder.0.weight"], live["encoder.0.weight"])
+    # Parameters outside the main optimiser (TUSK's prototypes) are not averaged.
+    assert torch.equal(averaged["centre"], live["centre"])
+
+    run(tmp_path / "resumed", tiny_config(weight_average=0.9, steps=5))
+    config = resolve_run_config("keynet", tmp_path / "resumed", None, ["train.steps=12"], method=TINY)
+    resumed = load_checkpoint(Path(run(tmp_path / "resumed", config)["last"]))["training"]["averaged_method"]
+    for key in averaged:
+        assert torch.equal(averaged[key], resumed[key]), key
+
+
+def test_weight_average_steps_part_of_the_way_towards_the_live_weights(tmp_path):
+    """Each step moves the average straight towards the new live weights, by a fraction that shrinks (warm-up)."""
+    out = tmp_path / "run"
+    fractions, previous = [], None
+    for step in range(20, 27):
+        config = resolve_run_config("keynet", out, None, [f"train.steps={step}"], method=TINY) if previous is not None \
+            else tiny_config(weight_average=0.95, steps=step)
+        state = load_checkpoint(Path(run(out, config)["last"]))["training"]
+        live, averaged = state["method"]["encoder.0.weight"], state["averaged_method"]["encoder.0.weight"]
+        if previous is not None:
+            moved, towards = (averaged - previous).flatten(), (live - previous).flatten()
+            assert torch.nn.functional.cosine_similarity(moved, towards, dim=0) > 0.9999
+            fractions.append(float(moved.norm() / towards.norm()))
+        previous = averaged
+    assert all(0.0 < f < 1.0 for f in fractions)
+    assert fractions == sorted(fractions, reverse=True)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_weight_average_outside_zero_one_is_a_config_error(value):
+    with pytest.raises(ConfigError, match="weight_average"):
+        tiny_config(weight_average=value)
+
+
 def test_time_budget_stops_cleanly_with_a_checkpoint(tmp_path):
     summary = run(tmp_path / "run", tiny_config(steps=1000, max_minutes=0.0))
     assert summary["stopped"] == "budget" and summary["step"] == 1

@@ -54,6 +54,12 @@ class TrainSettings:
     best.pt is chosen by the mean validation loss every ``val_every`` steps
     when the method has a val split, otherwise by an exponential moving
     average (decay ``loss_ema``) of the training loss, checked at each checkpoint.
+
+    ``weight_average`` > 0 keeps an exponential moving average (that decay, warmed
+    up as min(decay, (1 + t) / (10 + t))) of the parameters the main optimiser
+    steps. Adam at a budget's learning rate leaves the last weights noisy; the
+    average is what a checkpoint's ``encoder`` (export, inference, evaluation)
+    holds, while ``training.method`` keeps the live weights to resume from.
     """
 
     steps: int = 1000
@@ -72,6 +78,7 @@ class TrainSettings:
     cpu_bf16: bool = False
     find_unused_parameters: bool = True
     loss_ema: float = 0.98
+    weight_average: float = 0.0
 
     def check(self) -> None:
         for name in ("steps", "batch_size", "log_every", "image_every", "checkpoint_every", "val_every",
@@ -84,6 +91,8 @@ class TrainSettings:
             raise ConfigKeyError("max_minutes", f"max_minutes must be >= 0 or null, got {self.max_minutes}")
         if not 0.0 <= self.loss_ema < 1.0:
             raise ConfigKeyError("loss_ema", f"loss_ema must be in [0, 1), got {self.loss_ema}")
+        if not 0.0 <= self.weight_average < 1.0:
+            raise ConfigKeyError("weight_average", f"weight_average must be in [0, 1), got {self.weight_average}")
 
 
 @dataclass(frozen=True)

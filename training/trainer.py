@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from kp_perception.atomic import remove_stale_temporaries
@@ -370,6 +371,9 @@ class _Run:
     writer: Any = None  # TensorBoard, rank 0 only
     image_writer: Any = None
     images_seen: int = 0
+    averaged: list[torch.Tensor] | None = None  # train.weight_average: the average of averaged_names' parameters
+    averaged_names: list[str] = field(default_factory=list)
+    averaged_live: list[torch.nn.Parameter] = field(default_factory=list)
 
     @property
     def settings(self) -> TrainSettings:
@@ -430,6 +434,12 @@ def _start(
         optimizers=optimizers, schedulers=model.configure_schedulers(optimizers), scaler=scaler,
         main_params=main_params, val_ds=val_ds,
     )
+    if settings.weight_average > 0:
+        in_main = {id(p) for p in main_params}
+        named = [(n, p) for n, p in model.named_parameters() if id(p) in in_main]
+        run.averaged_names = [n for n, _ in named]
+        run.averaged_live = [p for _, p in named]
+        run.averaged = [p.detach().clone() for _, p in named]
     if resume is not None:
         _restore(run, resume["training"])
     else:
@@ -476,6 +486,12 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
     except (KeyError, RuntimeError, ValueError) as exc:  # e.g. the method's code changed since
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise ModelLoadError(f"{run.last_path}: cannot resume this run ({reason[:300]})") from None
+    if run.averaged is not None:
+        averaged = state.get("averaged_method")
+        if not isinstance(averaged, dict) or any(n not in averaged for n in run.averaged_names):
+            raise ModelLoadError(f"{run.last_path}: cannot resume this run (no weight average saved in it)")
+        for name, tensor in zip(run.averaged_names, run.averaged, strict=True):
+            tensor.copy_(averaged[name])
     run.step, run.best_metric = int(state["step"]), float(state["best_metric"])
     run.loss_ema, run.elapsed_before = state.get("loss_ema"), float(state.get("elapsed_seconds", 0.0))
     rngs = state["rng"]
@@ -540,15 +556,21 @@ def _save(run: _Run, path: Path) -> None:
     rngs = _gather_objects(_rng_state())
     if not run.main:
         return
+    method, encoder, averaged = run.model.state_dict(), run.model.encoder.state_dict(), None
+    if run.averaged is not None:
+        averaged = method | dict(zip(run.averaged_names, run.averaged, strict=True))
+        encoder.update({n[len("encoder."):]: t for n, t in zip(run.averaged_names, run.averaged, strict=True)
+                        if n.startswith("encoder.")})
     save_checkpoint(
         path,
         {
             "kind": run.kind,
             "config": run.config.to_dict(),
-            "encoder": run.model.encoder.state_dict(),
+            "encoder": encoder,
             "training": {
                 "step": run.step,
-                "method": run.model.state_dict(),
+                "method": method,
+                "averaged_method": averaged,
                 "optimizers": {k: o.state_dict() for k, o in run.optimizers.items()},
                 "schedulers": {k: s.state_dict() for k, s in run.schedulers.items()},
                 "scaler": run.scaler.state_dict() if run.use_amp else None,
@@ -586,6 +608,9 @@ def _step(run: _Run, batch: dict[str, Any]) -> tuple[float, dict[str, float]]:
     more = run.model.after_main_step(batch, _float32(extra), run.optimizers)
     for sched in run.schedulers.values():
         sched.step()
+    if run.averaged is not None:
+        decay = min(settings.weight_average, (1 + run.step) / (10 + run.step))
+        get_ema_multi_avg_fn(decay)(run.averaged, [p.detach() for p in run.averaged_live], None)
     run.step += 1
     value = float(loss.detach())
     run.loss_ema = value if run.loss_ema is None else settings.loss_ema * run.loss_ema + (1 - settings.loss_ema) * value

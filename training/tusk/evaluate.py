@@ -4,7 +4,8 @@ What is measured depends on the data (several paths may be given; each is report
 
 - Multi-object folders (images/, masks/, objects.csv; ``sim tetrominoes``, ``sim mnist-hard``):
   * foreground ARI, masks = argmax of the RGBA decoder's alpha maps (the
-    decoder comes from ``checkpoint["training"]["method"]``); without that
+    decoder comes from ``checkpoint["training"]``: its ``averaged_method`` when the
+    run kept a weight average, as ``encoder`` then holds, else ``method``); without that
     decoder (e.g. a bare exported encoder) each pixel goes to its nearest
     keypoint instead, and ``mask_source`` says so;
   * shape and colour accuracy: kept keypoints (score >= ``score_threshold``) are
@@ -57,7 +58,8 @@ def load_method(checkpoint: dict) -> tuple[TuskMethod, bool]:
     from kp_perception_training.config import checkpoint_config
 
     method = TuskMethod(checkpoint_config(checkpoint))
-    state = (checkpoint.get("training") or {}).get("method")
+    training = checkpoint.get("training") or {}
+    state = training.get("averaged_method") or training.get("method")  # the decoder that matches ``encoder``
     has_decoder = False
     try:
         method.encoder.load_state_dict(checkpoint["encoder"])
