@@ -197,6 +197,7 @@ def _train_three_kinds(seed: int, config: dict, steps: int = 400, equal_prototyp
     cpu = time.process_time() - start
     method.eval()
     with torch.no_grad():
+        method.encoder.load_state_dict(method.encoder_state_for_use(method.encoder.state_dict()))
         out = method.encoder.infer(images[160:])
     kp_px = ((out["keypoints"] + 1) / 2 * (SIZE - 1)).numpy()
     protos, kinds, errors = [], [], []
@@ -227,6 +228,18 @@ def test_a_seeded_collapse_is_repaired():
     got = _train_three_kinds(0, config, equal_prototypes=True)
     assert got["used"] > 4 / 2, got
     assert got["purity"] > 0.9, got
+
+
+@pytest.mark.timeout(900)
+def test_refit_prototypes_name_the_kinds_when_the_trained_ones_stay_collapsed():
+    """Prototypes that start equal and barely move (no restarts) name nothing; the bank's refit does."""
+    config = {**THREE_KIND_CONFIG, "loss": {"equivariance_features": 0.0, "kmeans": 0.0},
+              "prototypes": {"update": "ema", "ema_decay": 0.999999, "restart_every": 0}}
+    collapsed = _train_three_kinds(0, config, steps=300, equal_prototypes=True)
+    assert collapsed["used"] == 1, collapsed
+    refit = {**config, "prototypes": {**config["prototypes"], "refit_bank": 1024}}
+    got = _train_three_kinds(0, refit, steps=300, equal_prototypes=True)
+    assert got["used"] >= 3 and got["purity"] > 0.9, got
 
 
 def test_kmeans_warmup_and_ema_updates_take_effect_inside_the_training_step():

@@ -82,6 +82,13 @@ class TrainingMethod(nn.Module):
         """
         return {}
 
+    def encoder_state_for_use(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The encoder state a checkpoint saves for eval, export and inference; default as trained.
+
+        ``training.method`` always keeps the live state, so a resume is unaffected.
+        """
+        return state
+
     def log_images(self, writer: Any, batch: dict[str, Tensor], step: int) -> None:
         """Write example images to the TensorBoard ``writer`` (called on rank 0 under ``torch.no_grad``)."""
 

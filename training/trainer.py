@@ -566,7 +566,7 @@ def _save(run: _Run, path: Path) -> None:
         {
             "kind": run.kind,
             "config": run.config.to_dict(),
-            "encoder": encoder,
+            "encoder": run.model.encoder_state_for_use(encoder),
             "training": {
                 "step": run.step,
                 "method": method,

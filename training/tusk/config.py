@@ -103,6 +103,12 @@ class TuskPrototypes:
     ``restart_every``: every this many batches, prototypes chosen by fewer than
     ``restart_below`` × an even share of the descriptors since the last restart
     are re-seeded on the data (training/tusk/prototype_restart.py); 0 = never.
+
+    ``refit_bank``: keep the latest this many descriptors (0 = off); each saved
+    checkpoint's ``encoder`` (what eval, export and the nodes use) then holds the
+    k-means centres of that bank as its prototypes, while training goes on with
+    its own. The names come from the descriptors, whatever the training-time
+    prototypes did (docs/tusk.md, round 7).
     """
 
     steps: int = 8
@@ -112,10 +118,13 @@ class TuskPrototypes:
     ema_decay: float = 0.9
     restart_every: int = 25
     restart_below: float = 0.1
+    refit_bank: int = 0
 
     def check(self) -> None:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigKeyError("ema_decay", f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.refit_bank < 0:
+            raise ConfigKeyError("refit_bank", f"refit_bank must be >= 0 descriptors, got {self.refit_bank}")
 
 
 @dataclass(frozen=True)

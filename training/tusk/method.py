@@ -72,6 +72,10 @@ class TuskMethod(TrainingMethod):
         self.register_buffer("batches_since_restart", torch.zeros((), dtype=torch.int64))
         # Main steps taken (the k-means weight schedule reads it; in the state dict, so resume keeps it).
         self.register_buffer("main_steps", torch.zeros((), dtype=torch.int64))
+        # The latest descriptors, for the k-means refit of the saved prototypes (prototypes.refit_bank).
+        bank = config.prototypes.refit_bank
+        self.register_buffer("descriptor_bank", torch.zeros(bank, self.encoder.descriptor_dim))
+        self.register_buffer("bank_seen", torch.zeros((), dtype=torch.int64))
         self.tps_cfg = config.data.tps_params
         self.image_padding = config.data.tps_padding
         self.vgg = VGGPerceptual(config.loss.vgg16_weights) if config.loss.perceptual_weight > 0 else None
@@ -199,6 +203,7 @@ class TuskMethod(TrainingMethod):
         keep = extra["scores"].reshape(-1) >= self.loss_cfg.sw_min_score
         desc = desc[keep]
         self.main_steps += 1
+        self._remember(desc)
         # Every rank must make the same number of gradient all-reduces, so all skip together.
         if any_rank(desc.shape[0] < 2, device=desc.device):
             return {}
@@ -227,6 +232,37 @@ class TuskMethod(TrainingMethod):
         if restarted is not None:
             logs["prototypes/restarted"] = float(restarted)
         return logs
+
+    @torch.no_grad()
+    def _remember(self, desc: Tensor) -> None:
+        """Write N×C descriptors into the ring buffer ``descriptor_bank`` (no-op when it has no rows)."""
+        size = self.descriptor_bank.shape[0]
+        if size == 0 or desc.shape[0] == 0:
+            return
+        desc = desc[-size:]
+        rows = (int(self.bank_seen) + torch.arange(desc.shape[0], device=desc.device)) % size
+        self.descriptor_bank[rows] = desc.to(self.descriptor_bank.dtype)
+        self.bank_seen += desc.shape[0]
+
+    def refit_prototypes(self) -> Tensor | None:
+        """M×C unit k-means centres of the descriptor bank, or None (bank off or holding fewer than M)."""
+        from sklearn.cluster import KMeans
+
+        filled = min(int(self.bank_seen), self.descriptor_bank.shape[0])
+        m = self.encoder.num_prototypes
+        if filled < m:
+            return None
+        data = self.descriptor_bank[:filled].detach().cpu().double().numpy()
+        centres = KMeans(n_clusters=m, n_init=3, random_state=0).fit(data).cluster_centers_
+        out = torch.nn.functional.normalize(torch.from_numpy(centres), dim=1)
+        return out.to(self.encoder.prototypes.dtype)
+
+    def encoder_state_for_use(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """With ``prototypes.refit_bank``: the bank's k-means centres in place of the trained prototypes."""
+        centres = self.refit_prototypes()
+        if centres is None:
+            return state
+        return {**state, "prototypes": centres.to(state["prototypes"].device)}
 
     @torch.no_grad()
     def _restart_unused_prototypes(self, desc: Tensor, opt: torch.optim.Optimizer) -> int | None:
