@@ -73,9 +73,10 @@ class TuskMethod(TrainingMethod):
         # Main steps taken (the k-means weight schedule reads it; in the state dict, so resume keeps it).
         self.register_buffer("main_steps", torch.zeros((), dtype=torch.int64))
         # The latest descriptors, for the k-means refit of the saved prototypes (prototypes.refit_bank).
+        # Saved only when on, so runs from before the option still resume.
         bank = config.prototypes.refit_bank
-        self.register_buffer("descriptor_bank", torch.zeros(bank, self.encoder.descriptor_dim))
-        self.register_buffer("bank_seen", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("descriptor_bank", torch.zeros(bank, self.encoder.descriptor_dim), persistent=bank > 0)
+        self.register_buffer("bank_seen", torch.zeros((), dtype=torch.int64), persistent=bank > 0)
         self.tps_cfg = config.data.tps_params
         self.image_padding = config.data.tps_padding
         self.vgg = VGGPerceptual(config.loss.vgg16_weights) if config.loss.perceptual_weight > 0 else None
