@@ -54,10 +54,10 @@ def nearest_centroid_accuracy(descriptors: np.ndarray, labels: Sequence) -> floa
     return float((probe.predict(descriptors[test]) == labels[test]).mean())
 
 
-def kmeans_centres(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+def kmeans_centres(x: np.ndarray, k: int, seed: int = 0, n_init: int = 1) -> np.ndarray:
     """At most k unit-length k-means centres of N×C unit vectors (scikit-learn KMeans, k-means++, seeded)."""
     k = min(k, len(np.unique(x, axis=0)))
-    centres = KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=seed).fit(x).cluster_centers_
+    centres = KMeans(n_clusters=k, init="k-means++", n_init=n_init, random_state=seed).fit(x).cluster_centers_
     return centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
 
 

@@ -77,6 +77,7 @@ class TuskMethod(TrainingMethod):
         bank = config.prototypes.refit_bank
         self.register_buffer("descriptor_bank", torch.zeros(bank, self.encoder.descriptor_dim), persistent=bank > 0)
         self.register_buffer("bank_seen", torch.zeros((), dtype=torch.int64), persistent=bank > 0)
+        self._refit: tuple[int, Tensor | None] | None = None  # (bank_seen, centres) of the last refit
         self.tps_cfg = config.data.tps_params
         self.image_padding = config.data.tps_padding
         self.vgg = VGGPerceptual(config.loss.vgg16_weights) if config.loss.perceptual_weight > 0 else None
@@ -246,17 +247,23 @@ class TuskMethod(TrainingMethod):
         self.bank_seen += desc.shape[0]
 
     def refit_prototypes(self) -> Tensor | None:
-        """M×C unit k-means centres of the descriptor bank, or None (bank off or holding fewer than M)."""
-        from sklearn.cluster import KMeans
+        """M×C unit k-means centres of the descriptor bank, or None (bank off, or fewer than M distinct rows).
 
-        filled = min(int(self.bank_seen), self.descriptor_bank.shape[0])
-        m = self.encoder.num_prototypes
-        if filled < m:
-            return None
-        data = self.descriptor_bank[:filled].detach().cpu().double().numpy()
-        centres = KMeans(n_clusters=m, n_init=3, random_state=0).fit(data).cluster_centers_
-        out = torch.nn.functional.normalize(torch.from_numpy(centres), dim=1)
-        return out.to(self.encoder.prototypes.dtype)
+        last.pt and best.pt saved at one step share one fit.
+        """
+        from kp_perception_training.evaluation.descriptor_probe import kmeans_centres
+
+        seen, m = int(self.bank_seen), self.encoder.num_prototypes
+        if self._refit is not None and self._refit[0] == seen:
+            return self._refit[1]
+        filled = min(seen, self.descriptor_bank.shape[0])
+        centres = None
+        if filled >= m:
+            fitted = kmeans_centres(self.descriptor_bank[:filled].detach().cpu().double().numpy(), m, n_init=3)
+            if len(fitted) == m:
+                centres = torch.from_numpy(fitted).to(self.encoder.prototypes.dtype)
+        self._refit = (seen, centres)
+        return centres
 
     def encoder_state_for_use(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """With ``prototypes.refit_bank``: the bank's k-means centres in place of the trained prototypes."""
