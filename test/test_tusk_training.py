@@ -22,6 +22,7 @@ from kp_perception_training.config import build_config
 from kp_perception_training.evaluation.attributes import match_points
 from kp_perception_training.evaluation.purity import purity
 from kp_perception_training.tusk.method import TuskMethod
+from kp_perception_training.tusk.refit import whitened_refit
 
 SIZE = 24
 COLOURS = np.array([[1.0, 0.2, 0.2], [0.2, 0.4, 1.0]], dtype=np.float32)
@@ -113,13 +114,18 @@ def test_train_and_eval_cli_on_simulated_tetrominoes(tmp_path):
     run = tmp_path / "run"
     train = [*cli, "train", "tusk", "--data", str(data), "--out", str(run), "--steps", "2", "--no-progress",
              "--set", "train.batch_size=4", "train.num_workers=0", "model.width=8", "model.num_prototypes=6",
-             "decoder.rgba.hidden=16", "decoder.rgba.sprite_px=7", "prototypes.steps=2", "prototypes.refit_bank=64"]
+             "decoder.rgba.hidden=16", "decoder.rgba.sprite_px=7", "prototypes.steps=2", "prototypes.refit_bank=64",
+             "prototypes.refit_method=whitened"]
     subprocess.run(train, check=True, env=env, timeout=200, capture_output=True)
     ckpt = load_checkpoint(run / "last.pt")
     # The saved encoder names with the refit centres; training keeps its own prototypes to resume from.
     used, trained = ckpt["encoder"]["prototypes"], ckpt["training"]["method"]["encoder.prototypes"]
     assert used.shape == trained.shape and not torch.allclose(used, trained)
     assert torch.allclose(used.norm(dim=1), torch.ones(len(used)), atol=1e-5)
+    state = ckpt["training"]["method"]
+    bank = state["descriptor_bank"][: int(state["bank_seen"])].double().numpy()
+    expected = whitened_refit(bank, len(used), n_init=3)  # the configured clustering of the saved bank
+    assert torch.allclose(used.double(), torch.from_numpy(expected), atol=1e-5)
     res = subprocess.run([*cli, "eval", str(run), "--data", str(data), "--json", str(tmp_path / "m.json")],
                          check=True, env=env, timeout=120, capture_output=True, text=True)
     metrics = json.loads((tmp_path / "m.json").read_text())

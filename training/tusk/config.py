@@ -108,7 +108,10 @@ class TuskPrototypes:
     checkpoint's ``encoder`` (what eval, export and the nodes use) then holds the
     k-means centres of that bank as its prototypes, while training goes on with
     its own. The names come from the descriptors, whatever the training-time
-    prototypes did (docs/tusk.md, round 7).
+    prototypes did (docs/tusk.md, round 7). ``refit_method`` is how the bank is
+    clustered (training/tusk/refit.py): ``kmeans`` on the descriptors, ``whitened``
+    (k-means on the PCA-whitened bank, so weak directions such as colour count;
+    round 8) or ``over_ward`` (twice the clusters, merged by Ward's rule).
     """
 
     steps: int = 8
@@ -119,6 +122,7 @@ class TuskPrototypes:
     restart_every: int = 25
     restart_below: float = 0.1
     refit_bank: int = 0
+    refit_method: Literal["kmeans", "whitened", "over_ward"] = "kmeans"
 
     def check(self) -> None:
         if not 0.0 <= self.ema_decay < 1.0:

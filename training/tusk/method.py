@@ -247,19 +247,21 @@ class TuskMethod(TrainingMethod):
         self.bank_seen += desc.shape[0]
 
     def refit_prototypes(self) -> Tensor | None:
-        """M×C unit k-means centres of the descriptor bank, or None (bank off, or fewer than M distinct rows).
+        """M×C unit centres of the descriptor bank (``prototypes.refit_method``), or None.
 
-        last.pt and best.pt saved at one step share one fit.
+        None: the bank is off or holds fewer than M distinct rows. last.pt and
+        best.pt saved at one step share one fit.
         """
-        from kp_perception_training.evaluation.descriptor_probe import kmeans_centres
+        from kp_perception_training.tusk.refit import REFIT_METHODS
 
         seen, m = int(self.bank_seen), self.encoder.num_prototypes
         if self._refit is not None and self._refit[0] == seen:
             return self._refit[1]
         filled = min(seen, self.descriptor_bank.shape[0])
         centres = None
-        if filled >= m:
-            fitted = kmeans_centres(self.descriptor_bank[:filled].detach().cpu().double().numpy(), m, n_init=3)
+        bank = self.descriptor_bank[:filled].detach().cpu().double().numpy()
+        if filled >= m and len(np.unique(bank, axis=0)) >= m:
+            fitted = REFIT_METHODS[self.proto_cfg.refit_method](bank, m, n_init=3)
             if len(fitted) == m:
                 centres = torch.from_numpy(fitted).to(self.encoder.prototypes.dtype)
         self._refit = (seen, centres)
