@@ -66,3 +66,61 @@ def test_every_refit_gives_m_distinct_unit_centres(name):
 def test_an_unknown_refit_method_is_a_config_error():
     with pytest.raises(ConfigError, match="refit_method"):
         build_config(TuskConfig, {"prototypes": {"refit_method": "spectral"}})
+
+
+@pytest.mark.parametrize("name", ["kmeans", "whitened"])
+def test_a_tracked_refit_keeps_the_partition_it_starts_from(name):
+    """Started at the right centres, k-means stays on a partition that k-means++ would give up."""
+    x, colour = _shapes_and_weak_colours(0)
+    groups = colour + 3 * np.repeat(np.arange(4), 3 * 80)  # (shape, colour) of each row
+    truth = np.stack([x[groups == g].mean(0) for g in range(12)])
+    from_scratch = _majority_accuracy(x, REFIT_METHODS["kmeans"](x, 12), colour)
+    tracked = _majority_accuracy(x, REFIT_METHODS[name](x, 12, init=truth), colour)
+    assert from_scratch < 0.6 and tracked == 1.0, (from_scratch, tracked)
+
+
+def _method_with_bank(track: bool, bank_rows: int = 256):
+    from kp_perception_training.tusk.method import TuskMethod
+
+    config = {"model": {"num_keypoints": 2, "num_prototypes": 12, "width": 8, "descriptor_dim": 6},
+              "data": {"image_size": 24},
+              "prototypes": {"refit_bank": bank_rows, "refit_track": track}}
+    return TuskMethod(build_config(TuskMethod.config_class, config))
+
+
+def _fill(method, x: np.ndarray) -> None:
+    import torch
+
+    method._remember(torch.from_numpy(x).float())
+
+
+def test_tracked_refit_centres_are_saved_and_resume_gives_the_same_next_fit():
+    import torch
+
+    x, _ = _shapes_and_weak_colours(0, n=40)
+    rng = np.random.default_rng(0)
+    moved = x + rng.normal(size=x.shape) * 0.01  # training moves the descriptors a little
+    moved /= np.linalg.norm(moved, axis=1, keepdims=True)
+    method = _method_with_bank(track=True, bank_rows=len(x))
+    _fill(method, x)
+    first = method.refit_prototypes()
+    state = method.state_dict()
+    assert torch.equal(state["refit_centres"], first) and bool(state["refit_centres_set"])
+    resumed = _method_with_bank(track=True, bank_rows=len(x))
+    resumed.load_state_dict(state)
+    _fill(method, moved)
+    _fill(resumed, moved)
+    second = method.refit_prototypes()
+    assert torch.equal(resumed.refit_prototypes(), second)
+    # Tracked: each centre moved a little, none jumped to another cluster.
+    assert float((second - first).norm(dim=1).max()) < 0.1
+
+
+def test_untracked_refit_keeps_no_centres_in_the_checkpoint():
+    method = _method_with_bank(track=False)
+    assert "refit_centres" not in method.state_dict() and "descriptor_bank" in method.state_dict()
+
+
+def test_over_ward_cannot_be_tracked():
+    with pytest.raises(ConfigError, match="refit_track"):
+        build_config(TuskConfig, {"prototypes": {"refit_method": "over_ward", "refit_track": True}})

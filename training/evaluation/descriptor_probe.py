@@ -54,10 +54,19 @@ def nearest_centroid_accuracy(descriptors: np.ndarray, labels: Sequence) -> floa
     return float((probe.predict(descriptors[test]) == labels[test]).mean())
 
 
-def kmeans_centres(x: np.ndarray, k: int, seed: int = 0, n_init: int = 1) -> np.ndarray:
-    """At most k unit-length k-means centres of N×C unit vectors (scikit-learn KMeans, k-means++, seeded)."""
-    k = min(k, len(np.unique(x, axis=0)))
-    centres = KMeans(n_clusters=k, init="k-means++", n_init=n_init, random_state=seed).fit(x).cluster_centers_
+def kmeans_centres(
+    x: np.ndarray, k: int, seed: int = 0, n_init: int = 1, init: np.ndarray | None = None
+) -> np.ndarray:
+    """At most k unit-length k-means centres of N×C unit vectors (scikit-learn KMeans, seeded).
+
+    Started from k-means++, or from the k×C ``init`` (then one run: it is a start, not a sample).
+    """
+    if init is not None:
+        km = KMeans(n_clusters=len(init), init=init, n_init=1, random_state=seed)
+    else:
+        k = min(k, len(np.unique(x, axis=0)))
+        km = KMeans(n_clusters=k, init="k-means++", n_init=n_init, random_state=seed)
+    centres = km.fit(x).cluster_centers_
     return centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
 
 

@@ -112,6 +112,9 @@ class TuskPrototypes:
     clustered (training/tusk/refit.py): ``kmeans`` on the descriptors, ``whitened``
     (k-means on the PCA-whitened bank, so weak directions such as colour count;
     round 8) or ``over_ward`` (twice the clusters, merged by Ward's rule).
+    ``refit_track``: each refit starts from the previous one's centres (kept in
+    the method's state) instead of k-means++, so that it follows one partition
+    through training (round 9; not with ``over_ward``).
     """
 
     steps: int = 8
@@ -123,12 +126,15 @@ class TuskPrototypes:
     restart_below: float = 0.1
     refit_bank: int = 0
     refit_method: Literal["kmeans", "whitened", "over_ward"] = "kmeans"
+    refit_track: bool = False
 
     def check(self) -> None:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigKeyError("ema_decay", f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.refit_bank < 0:
             raise ConfigKeyError("refit_bank", f"refit_bank must be >= 0 descriptors, got {self.refit_bank}")
+        if self.refit_track and self.refit_method == "over_ward":
+            raise ConfigKeyError("refit_track", "refit_track needs refit_method kmeans or whitened, not over_ward")
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,11 @@ class TuskMethod(TrainingMethod):
         bank = config.prototypes.refit_bank
         self.register_buffer("descriptor_bank", torch.zeros(bank, self.encoder.descriptor_dim), persistent=bank > 0)
         self.register_buffer("bank_seen", torch.zeros((), dtype=torch.int64), persistent=bank > 0)
+        # The last refit's centres, where the next one starts (prototypes.refit_track); saved only when on.
+        track = bank > 0 and config.prototypes.refit_track
+        self.register_buffer("refit_centres", torch.zeros(self.encoder.num_prototypes, self.encoder.descriptor_dim),
+                             persistent=track)
+        self.register_buffer("refit_centres_set", torch.zeros((), dtype=torch.bool), persistent=track)
         self._refit: tuple[int, Tensor | None] | None = None  # (bank_seen, centres) of the last refit
         self.tps_cfg = config.data.tps_params
         self.image_padding = config.data.tps_padding
@@ -250,7 +255,9 @@ class TuskMethod(TrainingMethod):
         """M×C unit centres of the descriptor bank (``prototypes.refit_method``), or None.
 
         None: the bank is off or holds fewer than M distinct rows. last.pt and
-        best.pt saved at one step share one fit.
+        best.pt saved at one step share one fit. With ``prototypes.refit_track``
+        the fit starts from the previous fit's centres, which it then replaces
+        in place (so the checkpoint being written holds them).
         """
         from kp_perception_training.tusk.refit import REFIT_METHODS
 
@@ -261,9 +268,13 @@ class TuskMethod(TrainingMethod):
         centres = None
         bank = self.descriptor_bank[:filled].detach().cpu().double().numpy()
         if filled >= m and len(np.unique(bank, axis=0)) >= m:
-            fitted = REFIT_METHODS[self.proto_cfg.refit_method](bank, m, n_init=3)
+            track = self.proto_cfg.refit_track and bool(self.refit_centres_set)
+            init = self.refit_centres.detach().cpu().double().numpy() if track else None
+            fitted = REFIT_METHODS[self.proto_cfg.refit_method](bank, m, n_init=3, init=init)
             if len(fitted) == m:
                 centres = torch.from_numpy(fitted).to(self.encoder.prototypes.dtype)
+                self.refit_centres.copy_(centres)
+                self.refit_centres_set.fill_(True)
         self._refit = (seen, centres)
         return centres
 

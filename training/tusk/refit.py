@@ -2,7 +2,9 @@
 
 The SW prototypes collapse while the descriptors keep the names (docs/tusk.md, round 7), so a
 checkpoint can name with centres fitted to the latest descriptors instead. Round 8 compares the
-clusterings below on the same banks; ``REFIT_METHODS`` lists them by their config name.
+clusterings below on the same banks; ``REFIT_METHODS`` lists them by their config name. Each
+can start from the previous refit's centres (``init``, ``prototypes.refit_track``, round 9), so that
+successive checkpoints follow one partition as training moves the descriptors.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ def _member_means(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return _unit(sums)
 
 
-def kmeans_refit(bank: np.ndarray, m: int, n_init: int = 3) -> np.ndarray:
-    """k-means++ centres of the unit N×C bank, back on the unit sphere (round 7's refit with ``n_init=3``)."""
-    return kmeans_centres(bank, m, n_init=n_init)
+def kmeans_refit(bank: np.ndarray, m: int, n_init: int = 3, init: np.ndarray | None = None) -> np.ndarray:
+    """k-means centres of the unit N×C bank, back on the unit sphere (round 7's refit with ``n_init=3``).
+
+    ``init``: M×C centres to start from (a tracked refit) instead of k-means++.
+    """
+    return kmeans_centres(bank, m, n_init=n_init, init=init)
 
 
 def ward_merge(sums: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
@@ -58,12 +63,15 @@ def ward_merge(sums: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
     return labels
 
 
-def over_ward_refit(bank: np.ndarray, m: int, n_init: int = 3) -> np.ndarray:
+def over_ward_refit(bank: np.ndarray, m: int, n_init: int = 3, init: np.ndarray | None = None) -> np.ndarray:
     """2m k-means clusters merged to m by Ward's rule; each centre the unit mean of its members.
 
     Over-clustering lets k-means split wide groups without merging two tight
-    neighbours; the merge then joins what is cheapest to join.
+    neighbours; the merge then joins what is cheapest to join. It cannot be
+    tracked (``init`` must be None): its centres are not k-means starts.
     """
+    if init is not None:
+        raise ValueError("over_ward refits cannot start from previous centres")
     fine = kmeans_centres(bank, 2 * m, n_init=n_init)
     if len(fine) <= m:
         return fine
@@ -76,20 +84,26 @@ def over_ward_refit(bank: np.ndarray, m: int, n_init: int = 3) -> np.ndarray:
     return _member_means(bank, merged[fine_ids], int(merged.max()) + 1)
 
 
-def whitened_refit(bank: np.ndarray, m: int, n_init: int = 3, variance: float = 0.999) -> np.ndarray:
+def whitened_refit(
+    bank: np.ndarray, m: int, n_init: int = 3, init: np.ndarray | None = None, variance: float = 0.999
+) -> np.ndarray:
     """k-means on the PCA-whitened bank (components up to ``variance``); centres as unit member means.
 
     Whitening gives the weak directions of the descriptors (the ones a few
     strong directions swamp in plain k-means) the same weight as the strong ones.
+    ``init``: M×C centres (descriptor space) to start from instead of k-means++.
     """
-    centred = bank - bank.mean(0)
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    mean = bank.mean(0)
+    _, s, vt = np.linalg.svd(bank - mean, full_matrices=False)
     var = s**2 / max(len(bank) - 1, 1)
     keep = int(np.searchsorted(np.cumsum(var) / var.sum(), variance) + 1)
-    z = centred @ vt[:keep].T / np.sqrt(var[:keep])
+    project = vt[:keep].T / np.sqrt(var[:keep])
+    z = (bank - mean) @ project
     from sklearn.cluster import KMeans
 
-    labels = KMeans(n_clusters=m, init="k-means++", n_init=n_init, random_state=0).fit(z).labels_
+    start = "k-means++" if init is None else (init - mean) @ project
+    runs = n_init if init is None else 1
+    labels = KMeans(n_clusters=m, init=start, n_init=runs, random_state=0).fit(z).labels_
     used = np.unique(labels)
     return _member_means(bank, np.searchsorted(used, labels), len(used))
 
