@@ -11,7 +11,8 @@ per variant and scores it with the real ``kp-perception eval``:
 * on **validation** images (``sim tetrominoes --seed 800000+seed``, a seed
   neither training, 1000+seed, nor the test set, 900000+seed, uses), which
   choose: the variant meeting issue 15's shape and colour thresholds on the
-  most seeds, then the higher mean colour, then the first variant listed;
+  most seeds, then the higher mean colour, then the first variant listed
+  (``saved``: the prototypes the run saved, e.g. a tracked refit);
 * on the **test** images of the runs (``<workdir>/tetrominoes_test_s<seed>``),
   reported whatever they are.
 
@@ -33,11 +34,12 @@ from kp_perception.errors import KpPerceptionError
 from kp_perception_bench._outputs import results_dir
 from kp_perception_bench.tusk_quality import GOALS, _cli, _simulate
 
-VARIANTS = {  # name -> (refit method, n_init); the first is the refit the runs were saved with
+VARIANTS = {  # name -> (refit method, n_init), or None: the prototypes the run saved, as they are
     "R": ("kmeans", 3),
     "R10": ("kmeans", 10),
     "OW": ("over_ward", 3),
     "W": ("whitened", 3),
+    "saved": None,
 }
 VALIDATION_SEED = 800_000
 THRESHOLDS = {k: GOALS["tetrominoes"][k] for k in ("shape_accuracy", "colour_accuracy")}
@@ -46,7 +48,8 @@ THRESHOLDS = {k: GOALS["tetrominoes"][k] for k in ("shape_accuracy", "colour_acc
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, required=True, help="a bench tusk_quality --workdir with refit runs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=["R", "R10", "OW", "W"], choices=list(VARIANTS),
+                        help="clusterings to compare, in tie-break order (saved: the run's own prototypes)")
     parser.add_argument("--validation-images", type=int, default=300)
     parser.add_argument("--jobs", type=int, default=1, help="evaluations side by side")
     parser.add_argument("--tag", default="tetrominoes", help="results go to tusk_refit_variants_TAG.json")
@@ -67,6 +70,9 @@ def variant_checkpoint(run: Path, variant: str, out: Path) -> Path:
     filled = min(int(method["bank_seen"]), method["descriptor_bank"].shape[0])
     bank = method["descriptor_bank"][:filled].double().numpy()
     protos = ckpt["encoder"]["prototypes"]
+    if VARIANTS[variant] is None:
+        save_checkpoint(out, ckpt)
+        return out
     name, n_init = VARIANTS[variant]
     centres = REFIT_METHODS[name](bank, protos.shape[0], n_init=n_init)
     if len(centres) != protos.shape[0]:
@@ -129,7 +135,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for split, by_variant in per.items()
     }
     report = {"benchmark": "tusk_refit_variants", "workdir": str(args.workdir), "seeds": args.seeds,
-              "variants": {v: {"method": VARIANTS[v][0], "n_init": VARIANTS[v][1]} for v in args.variants},
+              "variants": {v: ({"method": VARIANTS[v][0], "n_init": VARIANTS[v][1]} if VARIANTS[v] else "as saved")
+                           for v in args.variants},
               "thresholds": THRESHOLDS, "chosen_on_validation": chosen, "summary": summary, "per_seed": per}
     out = results_dir() / f"tusk_refit_variants_{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
