@@ -16,7 +16,7 @@ per variant and scores it with the real ``kp-perception eval``:
 * on the **test** images of the runs (``<workdir>/tetrominoes_test_s<seed>``),
   reported whatever they are.
 
-fg-ARI is the decoder's and does not depend on the prototypes; it is not re-measured.
+fg-ARI is the decoder's and does not depend on the prototypes (it is recorded per split, the same for every variant).
 
     OMP_NUM_THREADS=1 python -m kp_perception_bench.tusk_refit_variants --workdir build/tusk_quality_r7 --jobs 2
 """
@@ -85,7 +85,7 @@ def variant_checkpoint(run: Path, variant: str, out: Path) -> Path:
 def _scores(path: Path) -> dict[str, float]:
     metrics = json.loads(path.read_text())
     flat = next(v for k, v in metrics.items() if isinstance(v, dict))
-    return {k: flat[k] for k in ("shape_accuracy", "colour_accuracy", "prototypes_used")}
+    return {k: flat[k] for k in ("foreground_ari", "shape_accuracy", "colour_accuracy", "prototypes_used")}
 
 
 def choose(validation: dict[str, list[dict[str, float]]]) -> str:
