@@ -34,8 +34,10 @@ def _halves(n: int) -> tuple[np.ndarray, np.ndarray]:
     return idx[idx % 2 == 0], idx[idx % 2 == 1]
 
 
-def _nearest(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    return ((x[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+def nearest_centre(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of the nearest of K×C ``centres`` for each of N×C rows (no N×K×C temporary)."""
+    d = (x * x).sum(1)[:, None] - 2.0 * x @ centres.T + (centres * centres).sum(1)[None]
+    return d.argmin(1)
 
 
 def nearest_centroid_accuracy(descriptors: np.ndarray, labels: Sequence) -> float:
@@ -82,7 +84,7 @@ def kmeans_attribute_accuracy(
     if len(fit) == 0 or len(test) == 0:
         return {name: float("nan") for name in labels}
     centres = kmeans_centres(descriptors[fit], k, seed=seed)
-    fit_ids, test_ids = _nearest(descriptors[fit], centres), _nearest(descriptors[test], centres)
+    fit_ids, test_ids = nearest_centre(descriptors[fit], centres), nearest_centre(descriptors[test], centres)
     out = {}
     for name, values in labels.items():
         values = np.asarray(values)

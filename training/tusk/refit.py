@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from kp_perception_training.evaluation.descriptor_probe import kmeans_centres
+from kp_perception_training.evaluation.descriptor_probe import kmeans_centres, nearest_centre
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def _nearest(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    return ((x[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
 
 
 def _member_means(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -75,7 +71,7 @@ def over_ward_refit(bank: np.ndarray, m: int, n_init: int = 3, init: np.ndarray 
     fine = kmeans_centres(bank, 2 * m, n_init=n_init)
     if len(fine) <= m:
         return fine
-    fine_ids = _nearest(bank, fine)
+    fine_ids = nearest_centre(bank, fine)
     k = len(fine)
     sums = np.zeros((k, bank.shape[1]))
     np.add.at(sums, fine_ids, bank)
