@@ -40,7 +40,7 @@ def test_variants_of_one_run_differ_only_in_their_names(tmp_path, monkeypatch):
         assert all(0.0 <= s["colour_accuracy"] <= 1.0 for s in by.values())
 
 
-def test_a_run_without_a_bank_is_refused(tmp_path):
+def test_a_workdir_without_finished_runs_is_refused(tmp_path):
     with pytest.raises(KpPerceptionError, match="missing"):
         rv.run(_parse(rv, ["--workdir", str(tmp_path), "--seeds", "0"]))
 
