@@ -115,6 +115,9 @@ GRID_METHODS: tuple[str, ...] = ("pyramids", "transporter30", "keynet30")
 FAMILY_BEGIN = "<!-- Pyramids families table: begin (bench/pyramids_quality.py --families) -->"
 FAMILY_END = "<!-- Pyramids families table: end -->"
 FITS = {"least_squares": "rmse_px", "ridge": "rmse_px_ridge"}
+# The RMSE split by landmark group (robot / objects; training/pyramids/evaluate.py ``landmark_groups``): an
+# analysis beside the committed all-landmark figures (issue 20, 2026-12-07), never a goal.
+GROUP_KEYS = ("rmse_px_by_group", "rmse_px_ridge_by_group", "rmse_px_intercept_only_by_group")
 
 PAPER_FINEST_MAP = 32  # the paper's finest FPN map (and the baselines' keypoint map), 32×32
 
@@ -284,6 +287,7 @@ def _train_eval(name: str, seed: int, run_dir: Path, train_dir: Path, test_dir: 
         "method": name, "seed": seed, "keypoints_per_level": sizes, "rmse_px": metrics["rmse_px"],
         "rmse_px_ridge": metrics.get("rmse_px_ridge"),
         "rmse_px_intercept_only": metrics.get("rmse_px_intercept_only"),
+        **{k: metrics[k] for k in GROUP_KEYS if k in metrics},
         "static_keypoints": metrics.get("static_keypoints"),
         "keypoint_motion_px": metrics.get("keypoint_motion_px"),
         "keypoint_motion_px_per_level": metrics.get("keypoint_motion_px_per_level"),
@@ -383,6 +387,27 @@ def _ids_under(data: Any, masks: dict[tuple[str, int], np.ndarray]) -> np.ndarra
     return ids
 
 
+def group_scores(npz: Path, test_dir: Path, seed: int) -> dict[str, Any]:
+    """The least-squares RMSE by landmark group of a finished run, from its saved test keypoints.
+
+    For runs evaluated before the evaluator reported groups: the same halves and fits as its
+    ``landmarks_test.json`` (the all-landmark ``rmse_px`` is reproduced exactly), without the ridge.
+    """
+    from kp_perception_training.pyramids.evaluate import landmark_scores
+    from kp_perception_training.sim.annotations import read_annotations
+
+    data = np.load(npz)
+    frames = [(str(s), int(f)) for s, f in zip(data["sequences"], data["frames"], strict=True)]
+    scores = landmark_scores(data["keypoints_px"], data["level_sizes"].tolist(),
+                             read_annotations(test_dir / "annotations.csv"), frames, seed, ridge=False)
+    return {k: scores[k] for k in GROUP_KEYS if k in scores}
+
+
+def _with_groups(record: dict[str, Any], run_dir: Path, test_dir: Path) -> dict[str, Any]:
+    return record if "rmse_px_by_group" in record else dict(
+        record, **group_scores(run_dir / "landmark_keypoints.npz", test_dir, record["seed"]))
+
+
 def keypoint_placement(npz: Path, masks: dict[tuple[str, int], np.ndarray], classes: dict[int, str]) -> dict[str, Any]:
     """Per level: the fraction of (frame, keypoint) pairs on each instance class, and how many keypoints
     lie mostly (in more than half of the frames) on each class, from the pixel under the keypoint.
@@ -475,6 +500,7 @@ def _reanalyse(args: argparse.Namespace) -> dict[str, Any]:
         for r in (r for r in result["runs"] if r["family"] == family):
             run_dir = work / family / "runs" / f"{r['method']}_s{r['seed']}_{suffix}"
             r["placement"] = keypoint_placement(run_dir / "landmark_keypoints.npz", masks, classes)
+            r.update(_with_groups(r, run_dir, test_dir))
     result.update(family_summary(result["runs"], result["families_run"]))
     _write_families(result, args)
     return result
@@ -626,8 +652,8 @@ def _run_families(args: argparse.Namespace, families: list[str], names: list[str
         masks, classes = instance_masks(test_dir)
         records = []
         for (seed, name), future in futures[family].items():
-            record = future.result()
             run_dir = work / family / "runs" / f"{name}_s{seed}_{suffix}"
+            record = _with_groups(future.result(), run_dir, test_dir)
             records.append(dict(record, family=family,
                                 placement=keypoint_placement(run_dir / "landmark_keypoints.npz", masks, classes)))
             print(f"{family} {name} seed {seed}: {records[-1]['rmse_px']}", file=sys.stderr)
@@ -694,8 +720,39 @@ def family_summary(runs: list[dict], families: list[str]) -> dict[str, Any]:
                          "flattened_better_than_level_2": bool(fl < l2)}
             goal[fit]["met"] = bool(goal[fit]["margin_at_least_7pct"] and goal[fit]["wins_at_least_two_thirds"]
                                     and goal[fit]["levels_progress_l1_gt_l2_gt_flat"])
-    return {"per_family_rmse_px": per_family, "mean_over_families_rmse_px": over, "paired_flattened": paired,
-            "goal": goal, "placement": _placement_summary(runs, families)}
+    out = {"per_family_rmse_px": per_family, "mean_over_families_rmse_px": over, "paired_flattened": paired,
+           "goal": goal, "placement": _placement_summary(runs, families)}
+    groups = _group_summary(runs, families)
+    if groups:
+        out["by_landmark_group"] = groups
+    return out
+
+
+def _group_summary(runs: list[dict], families: list[str]) -> dict[str, Any]:
+    """Least-squares RMSE by landmark group: per family and method (mean ± std over seeds), the intercept-only
+    reference, and flattened Pyramids vs Transporter-30 on the mean over families with paired wins. Only
+    when every run of the families has the split (an analysis, not the goal)."""
+    rows = [r for r in runs if r["family"] in families]
+    if not rows or not all(r.get("rmse_px_by_group") for r in rows):
+        return {}
+    groups = list(rows[0]["rmse_px_by_group"])
+    out: dict[str, Any] = {}
+    for g in groups:
+        per_family = {f: _table([dict(r, _g=r["rmse_px_by_group"].get(g)) for r in rows if r["family"] == f], "_g")
+                      for f in families}
+        intercept = {f: _summary([r["rmse_px_intercept_only_by_group"][g] for r in rows if r["family"] == f])
+                     for f in families}
+        entry: dict[str, Any] = {"per_family": per_family, "intercept_only": intercept}
+        if all("pyramids" in per_family[f] and "transporter30" in per_family[f] for f in families):
+            mine, theirs = ([per_family[f][m]["flattened"]["mean"] for f in families] for m in ("pyramids", "transporter30"))
+            pairs = [(r["family"], r["seed"]) for r in rows if r["method"] == "pyramids"]
+            flat = {(r["family"], r["seed"], r["method"]): r["rmse_px_by_group"][g]["flattened"] for r in rows}
+            won = [flat[f, s, "pyramids"] < flat[f, s, "transporter30"] for f, s in pairs if (f, s, "transporter30") in flat]
+            entry["vs_transporter30"] = {"pyramids_mean": float(np.mean(mine)), "transporter30_mean": float(np.mean(theirs)),
+                                         "margin": 1.0 - float(np.mean(mine)) / float(np.mean(theirs)),
+                                         "paired_wins": int(sum(won)), "pairs": len(won)}
+        out[g] = entry
+    return out
 
 
 def _placement_summary(runs: list[dict], families: list[str]) -> dict[str, Any]:
@@ -880,6 +937,7 @@ def markdown_families(result: dict[str, Any]) -> str:
                 lines.append(f"| {f} | {name} | {level[-1] if name == 'pyramids' else 'all'} | "
                              f"{100 * fr.get('arm', 0):.0f} % | {100 * obj:.0f} % | {100 * fr.get('background', 0):.0f} % | "
                              f"{mo.get('arm', 0):.1f} / {mobj:.1f} / {mo.get('background', 0):.1f} | {p['motion_px']:.2f} |")
+    lines += _markdown_groups(result.get("by_landmark_group"))
     hier = {f: m["pyramids"]["hierarchy"] for f, m in result["placement"].items() if "hierarchy" in m.get("pyramids", {})}
     if hier:
         lines += ["", "Do level-2 children refine their level-1 parents? Child against its own parent, and in brackets "
@@ -899,6 +957,37 @@ def markdown_families(result: dict[str, Any]) -> str:
               + f"{per}; {np.mean([r['train_seconds'] + r['eval_seconds'] for r in runs]):.0f} s "
               f"per train+eval run on average, torch threads per run: {s['threads']}."]
     return "\n".join(lines) + "\n"
+
+
+def _markdown_groups(groups: dict[str, Any] | None) -> list[str]:
+    if not groups:
+        return []
+    lines = ["", "Least-squares RMSE by landmark group, from the same fits (robot = `arm/...` and `gripper`, objects = "
+             "`<object>/<point>`; an analysis beside the goal, which stays on all landmarks):", "",
+             "| family | method | robot L1 | robot L2 | robot flattened | objects L1 | objects L2 | objects flattened |",
+             "|---|---|---|---|---|---|---|---|"]
+    names = list(groups)
+    families = list(groups[names[0]]["per_family"])
+    for f in families:
+        methods = [m for m in METHODS if any(m in groups[g]["per_family"][f] for g in names)]
+        for m in methods:
+            cells = []
+            for g in ("robot", "objects"):
+                c = groups.get(g, {}).get("per_family", {}).get(f, {}).get(m, {})
+                lvl = m == "pyramids"
+                cells += [_cell(c.get("level_1")) if lvl else "—", _cell(c.get("level_2")) if lvl else "—",
+                          _cell(c.get("flattened"))]
+            lines.append(f"| {f} | {m} | " + " | ".join(cells) + " |")
+        ref = [_cell(groups[g]["intercept_only"][f]) if g in groups else "—" for g in ("robot", "objects")]
+        lines.append(f"| {f} | no keypoints (intercept only) | — | — | {ref[0]} | — | — | {ref[1]} |")
+    lines.append("")
+    for g in names:
+        v = groups[g].get("vs_transporter30")
+        if v:
+            lines.append(f"- {g}: flattened Pyramids vs Transporter-30 on the mean over families {v['pyramids_mean']:.2f} vs "
+                         f"{v['transporter30_mean']:.2f} px, margin {100 * v['margin']:.1f} %, paired wins "
+                         f"{v['paired_wins']} of {v['pairs']}.")
+    return lines
 
 
 def _update_doc(markdown: str) -> None:

@@ -164,6 +164,30 @@ def test_mean_over_families_is_the_mean_of_family_means_and_pairs_match_seeds():
 
 
 @pytest.mark.timeout(600)
+def test_grid_splits_the_error_by_landmark_group_and_saved_keypoints_reproduce_it(tiny_grid):
+    root, result = tiny_grid
+    groups = result["by_landmark_group"]
+    assert set(groups) == {"robot", "objects"}
+    for g, entry in groups.items():
+        assert set(entry["per_family"]["side"]) == {"pyramids", "transporter30"}
+        assert set(entry["per_family"]["side"]["pyramids"]) == {"level_1", "level_2", "flattened"}
+        flat = {r["method"]: r["rmse_px_by_group"][g]["flattened"] for r in result["runs"]}
+        v = entry["vs_transporter30"]
+        assert v["pairs"] == 1 and v["paired_wins"] == int(flat["pyramids"] < flat["transporter30"])
+        assert v["margin"] == pytest.approx(1 - flat["pyramids"] / flat["transporter30"])
+    # a run evaluated before the evaluator split by group: its saved keypoints give the same least-squares split
+    test_dir = next((root / "work" / "side").glob("sim_test_*"))
+    for r in result["runs"]:
+        npz = root / "work" / "side" / "runs" / f"{r['method']}_s0_64px_5st" / "landmark_keypoints.npz"
+        again = pq.group_scores(npz, test_dir, r["seed"])
+        for g, cells in r["rmse_px_by_group"].items():
+            assert again["rmse_px_by_group"][g] == pytest.approx(cells, rel=1e-9)
+        assert "rmse_px_ridge_by_group" in r and "rmse_px_ridge_by_group" not in again
+    md = (root / "results" / "pyramids_quality_families.md").read_text()
+    assert "| side | pyramids |" in md.split("RMSE by landmark group")[1] and "robot: flattened Pyramids" in md
+
+
+@pytest.mark.timeout(600)
 def test_reanalyse_recomputes_the_placement_from_the_run_directories(tiny_grid, monkeypatch):
     root, result = tiny_grid
     monkeypatch.setattr(pq, "results_dir", lambda: root / "results_re")

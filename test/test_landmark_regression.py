@@ -53,3 +53,43 @@ def test_ridge_tames_sparse_underdetermined_slot_features():
     ridge = landmark_rmse(x, targets, visible, fit, test, ALPHAS)
     assert plain > intercept_only  # the failure mode: worse than knowing nothing
     assert ridge < 0.5 * intercept_only  # it found the informative column
+
+
+def _scene(rng, episodes=8, frames=20):
+    """An arm point that the keypoints follow, and a mug that stays put within an episode, moving between them."""
+    from kp_perception_training.sim.annotations import Annotation
+
+    rows, coords, keys = [], [], []
+    for e in range(episodes):
+        mug = rng.uniform(10, 54, size=2)
+        for f in range(frames):
+            arm = rng.uniform(0, 64, size=2)
+            keys.append((f"episode_{e:03d}", f))
+            coords.append([arm + 1.0, rng.uniform(0, 64, size=2)])  # keypoint 0 on the arm, keypoint 1 noise
+            rows += [Annotation(f"episode_{e:03d}", f, "arm/link7", *arm), Annotation(f"episode_{e:03d}", f, "gripper", *(arm + 2)),
+                     Annotation(f"episode_{e:03d}", f, "mug/centre", *mug)]
+    return rows, np.array(coords), keys
+
+
+def test_scores_split_by_landmark_group_come_from_the_same_fits():
+    """Robot points that the keypoints follow score ~0; a mug they ignore scores like the intercept alone."""
+    from kp_perception_training.pyramids.evaluate import landmark_scores
+
+    rows, coords, keys = _scene(np.random.default_rng(3))
+    out = landmark_scores(coords, [1, 1], rows, keys, seed=0, ridge=False)
+    groups = out["rmse_px_by_group"]
+    assert set(groups) == {"robot", "objects"} and "rmse_px_ridge" not in out
+    assert groups["robot"]["level_1"] < 1e-6 and groups["robot"]["level_2"] > 5.0
+    assert groups["objects"]["level_1"] > 0.8 * out["rmse_px_intercept_only_by_group"]["objects"]
+    # the two groups pool back to the all-landmark figure: 2 robot landmarks for every mug landmark
+    pooled = np.sqrt((2 * groups["robot"]["flattened"] ** 2 + groups["objects"]["flattened"] ** 2) / 3)
+    assert out["rmse_px"]["flattened"] == pytest.approx(pooled, rel=1e-9)
+
+
+def test_no_split_when_every_landmark_is_in_one_group():
+    from kp_perception_training.pyramids.evaluate import landmark_scores
+
+    rows, coords, keys = _scene(np.random.default_rng(4), episodes=3)
+    robot_only = [a for a in rows if "/" not in a.name or a.name.startswith("arm/")]
+    out = landmark_scores(coords, [2], robot_only, keys, seed=0, ridge=False)
+    assert "rmse_px_by_group" not in out and out["rmse_px"]["level_1"] < 1e-6

@@ -59,6 +59,41 @@ def _fit_predict(x_fit: np.ndarray, y_fit: np.ndarray, x_new: np.ndarray, alphas
     return _regressor(alphas, len(x_fit)).fit(x_fit, y_fit).predict(x_new)
 
 
+def landmark_errors(
+    features: np.ndarray,
+    targets: np.ndarray,
+    visible: np.ndarray,
+    fit_rows: np.ndarray,
+    test_rows: np.ndarray,
+    alphas: Sequence[float] = (0.0,),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per landmark: the summed squared error (px²) over its scored frames, and how many frames were scored.
+
+    The arguments are those of :func:`landmark_rmse`; a landmark not visible in both halves scores 0 frames.
+    Kept per landmark so that one set of fits gives the RMSE of any group of landmarks (:func:`pooled_rmse`).
+    """
+    points = targets.shape[1]
+    sq_err, count = np.zeros(points), np.zeros(points, dtype=np.int64)
+    for p in range(points):
+        fit = fit_rows[visible[fit_rows, p]]
+        test = test_rows[visible[test_rows, p]]
+        if len(fit) == 0 or len(test) == 0:
+            continue
+        err = _fit_predict(features[fit], targets[fit, p], features[test], alphas) - targets[test, p]
+        sq_err[p], count[p] = float((err**2).sum()), len(test)
+    return sq_err, count
+
+
+def pooled_rmse(sq_err: np.ndarray, count: np.ndarray, members: np.ndarray | None = None) -> float:
+    """RMSE (px) over the scored (frame, landmark) pairs of the landmarks in ``members`` (P bool; None: all)."""
+    if members is not None:
+        sq_err, count = sq_err[members], count[members]
+    total = int(count.sum())
+    if total == 0:
+        raise DataError("no visible landmark in both halves of the annotated frames; cannot score")
+    return float(np.sqrt(sq_err.sum() / total))
+
+
 def landmark_rmse(
     features: np.ndarray,
     targets: np.ndarray,
@@ -77,15 +112,4 @@ def landmark_rmse(
         alphas: ridge strengths to choose from by cross-validation on the fit rows;
             the default (0.0,) is plain least squares.
     """
-    sq_err, count = 0.0, 0
-    for p in range(targets.shape[1]):
-        fit = fit_rows[visible[fit_rows, p]]
-        test = test_rows[visible[test_rows, p]]
-        if len(fit) == 0 or len(test) == 0:
-            continue
-        err = _fit_predict(features[fit], targets[fit, p], features[test], alphas) - targets[test, p]
-        sq_err += float((err**2).sum())
-        count += len(test)
-    if count == 0:
-        raise DataError("no visible landmark in both halves of the annotated frames; cannot score")
-    return float(np.sqrt(sq_err / count))
+    return pooled_rmse(*landmark_errors(features, targets, visible, fit_rows, test_rows, alphas))

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from kp_perception.errors import DataError, ModelLoadError
-from kp_perception_training.evaluation.landmarks import RIDGE_ALPHAS, landmark_rmse
+from kp_perception_training.evaluation.landmarks import RIDGE_ALPHAS, landmark_errors, pooled_rmse
 
 
 def _onnx_keypoints(checkpoint: dict, onnx: str | Path, caches, keys, width: int, height: int):
@@ -125,6 +125,75 @@ def split_halves(frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[: frames // 2]), np.sort(order[frames // 2 :])
 
 
+LANDMARK_GROUPS = ("robot", "objects")
+
+
+def landmark_groups(names: list[str]) -> dict[str, np.ndarray]:
+    """P-bool membership of the sorted landmark ``names`` in each group that has members.
+
+    ``objects``: ``<object>/<point>`` names (:func:`object_of`); ``robot``: the rest, i.e. the
+    simulator's ``arm/<link>`` and ``gripper`` (for a user's CSV, every name not of the object form).
+    Objects sit still within an episode unless pushed and change place between episodes, while the
+    robot moves in every frame, so the two groups ask different things of the keypoints.
+    """
+    from kp_perception_training.sim.annotations import object_of
+
+    is_object = np.array([object_of(n) is not None for n in names], dtype=bool)
+    groups = {"robot": ~is_object, "objects": is_object}
+    return {g: m for g, m in groups.items() if m.any()}
+
+
+def landmark_scores(
+    coords: np.ndarray, sizes: tuple[int, ...] | list[int], rows: list, frames: list[tuple[str, int]], seed: int,
+    ridge: bool = True,
+) -> dict[str, Any]:
+    """Landmark regression of every keypoint set (each level, flattened), JSON-able.
+
+    Args:
+        coords: F×N×2 keypoints in frame pixels, levels concatenated in ``sizes`` order.
+        rows: the annotations; frames: the F (sequence, frame) keys of ``coords``.
+        seed: fixes the fit / scored halves (:func:`split_halves`).
+        ridge: also the CV ridge fit (slow: seconds per set).
+
+    Returns ``rmse_px`` (least squares) and ``rmse_px_ridge`` per set, the intercept-only reference,
+    and, when the landmarks span both :func:`landmark_groups`, the same figures per group from the same
+    fits (``..._by_group``).
+    """
+    names = sorted({a.name for a in rows})
+    targets, visible = landmark_targets(rows, frames)
+    fit_rows, test_rows = split_halves(len(frames), seed)
+    sets: dict[str, np.ndarray] = {}
+    offset = 0
+    for level, n in enumerate(sizes):
+        sets[f"level_{level + 1}"] = coords[:, offset : offset + n].reshape(len(frames), -1)
+        offset += n
+    sets["flattened"] = coords.reshape(len(frames), -1)
+    groups = landmark_groups(names)
+    split = len(groups) > 1
+
+    def score(x: np.ndarray, alphas: tuple[float, ...]) -> tuple[float, dict[str, float]]:
+        errors = landmark_errors(x, targets, visible, fit_rows, test_rows, alphas)
+        by_group = {g: pooled_rmse(*errors, m) for g, m in groups.items() if errors[1][m].sum()} if split else {}
+        return pooled_rmse(*errors), by_group
+
+    fits = {"rmse_px": (0.0,), **({"rmse_px_ridge": RIDGE_ALPHAS} if ridge else {})}
+    out: dict[str, Any] = {}
+    for key, alphas in fits.items():
+        scored = {name: score(x, alphas) for name, x in sets.items()}
+        out[key] = {name: s[0] for name, s in scored.items()}
+        if split:
+            out[f"{key}_by_group"] = {g: {name: s[1][g] for name, s in scored.items() if g in s[1]} for g in groups}
+    # Reference: intercept only (each landmark's mean position); keypoints must beat it to carry information.
+    total, by_group = score(np.zeros((len(frames), 0)), (0.0,))
+    out["rmse_px_intercept_only"] = total
+    if split:
+        out["rmse_px_intercept_only_by_group"] = by_group
+    if ridge:
+        out["ridge_alphas"] = list(RIDGE_ALPHAS)
+    out.update(fit_frames=len(fit_rows), test_frames=len(test_rows), visible_fraction=float(visible.mean()))
+    return out
+
+
 def evaluate(
     checkpoint: dict, data_paths: list[str], annotations: str | None, out_dir: Path | None, seed: int = 0,
     onnx: str | Path | None = None,
@@ -149,20 +218,8 @@ def evaluate(
             f"{annotations}: only {len(frames)} annotated frames found in the given data "
             "(sequence names must match the bag/video/folder stems)"
         )
-    targets, visible = landmark_targets(rows, frames)
     coords = np.stack([keypoints[k] for k in frames])  # F×N×2
-    fit_rows, test_rows = split_halves(len(frames), seed)
-
-    sets: dict[str, np.ndarray] = {}
-    offset = 0
-    for level, n in enumerate(sizes):
-        sets[f"level_{level + 1}"] = coords[:, offset : offset + n].reshape(len(frames), -1)
-        offset += n
-    sets["flattened"] = coords.reshape(len(frames), -1)
-    rmse = {name: landmark_rmse(x, targets, visible, fit_rows, test_rows) for name, x in sets.items()}
-    rmse_ridge = {name: landmark_rmse(x, targets, visible, fit_rows, test_rows, RIDGE_ALPHAS) for name, x in sets.items()}
-    # Reference: intercept only (each landmark's mean position); keypoints must beat it to carry information.
-    no_keypoints = landmark_rmse(np.zeros((len(frames), 0)), targets, visible, fit_rows, test_rows)
+    scores = landmark_scores(coords, sizes, rows, frames, seed)
     motion = coords.std(axis=0).mean(axis=1)  # N, pixels: how much each keypoint moves over the frames
     bounds = np.cumsum((0, *sizes))
     metrics = {
@@ -174,15 +231,9 @@ def evaluate(
         },
         "static_keypoints": int((motion < 0.5).sum()),
         "level_sizes": list(sizes),
-        "rmse_px": rmse,
-        "rmse_px_ridge": rmse_ridge,
-        "ridge_alphas": list(RIDGE_ALPHAS),
-        "rmse_px_intercept_only": no_keypoints,
+        **scores,
         "frames": len(frames),
-        "fit_frames": len(fit_rows),
-        "test_frames": len(test_rows),
         "landmarks": len(names),
-        "visible_fraction": float(visible.mean()),
         "seed": seed,
         "model": str(onnx) if onnx is not None else "checkpoint (torch)",
         "precision": precision,
@@ -190,7 +241,7 @@ def evaluate(
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        _plot(rmse, checkpoint["kind"], out_dir / "landmarks.png")
+        _plot(scores["rmse_px"], checkpoint["kind"], out_dir / "landmarks.png")
         (out_dir / "landmarks.json").write_text(json.dumps(metrics, indent=2))
         np.savez_compressed(
             out_dir / "landmark_keypoints.npz", keypoints_px=coords,
