@@ -29,7 +29,9 @@ def add_parser(subparsers) -> None:
         help="annotations CSV (sequence,frame,name,x,y[,visible]) for landmarks; TUSK groups rows into objects "
              "by '<object>/<point>' names (e.g. mug/centre, duck_2/surface_0; the type is the object name "
              "without a _<n> suffix), leaves out arm/... rows and names without '/', and refuses a CSV in "
-             "which no name has that form",
+             "which no name has that form; keypoint models (pyramids, keynet, transporter) also report the "
+             "regression RMSE split into object landmarks ('<object>/<point>') and the rest (robot: arm/..., "
+             "gripper) when both are present",
     )
     sub.add_argument("--json", type=Path, metavar="FILE", help="also write the metrics JSON here")
     sub.add_argument(
