@@ -960,6 +960,8 @@ def markdown_families(result: dict[str, Any]) -> str:
 
 
 def _markdown_groups(groups: dict[str, Any] | None) -> list[str]:
+    from kp_perception_training.pyramids.evaluate import LANDMARK_GROUPS
+
     if not groups:
         return []
     lines = ["", "Least-squares RMSE by landmark group, from the same fits (robot = `arm/...` and `gripper`, objects = "
@@ -972,16 +974,16 @@ def _markdown_groups(groups: dict[str, Any] | None) -> list[str]:
         methods = [m for m in METHODS if any(m in groups[g]["per_family"][f] for g in names)]
         for m in methods:
             cells = []
-            for g in ("robot", "objects"):
+            for g in LANDMARK_GROUPS:
                 c = groups.get(g, {}).get("per_family", {}).get(f, {}).get(m, {})
                 lvl = m == "pyramids"
                 cells += [_cell(c.get("level_1")) if lvl else "—", _cell(c.get("level_2")) if lvl else "—",
                           _cell(c.get("flattened"))]
             lines.append(f"| {f} | {m} | " + " | ".join(cells) + " |")
-        ref = [_cell(groups[g]["intercept_only"][f]) if g in groups else "—" for g in ("robot", "objects")]
+        ref = [_cell(groups[g]["intercept_only"][f]) if g in groups else "—" for g in LANDMARK_GROUPS]
         lines.append(f"| {f} | no keypoints (intercept only) | — | — | {ref[0]} | — | — | {ref[1]} |")
     lines.append("")
-    for g in names:
+    for g in sorted(names, key=LANDMARK_GROUPS.index):
         v = groups[g].get("vs_transporter30")
         if v:
             lines.append(f"- {g}: flattened Pyramids vs Transporter-30 on the mean over families {v['pyramids_mean']:.2f} vs "

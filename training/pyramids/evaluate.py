@@ -139,7 +139,7 @@ def landmark_groups(names: list[str]) -> dict[str, np.ndarray]:
     from kp_perception_training.sim.annotations import object_of
 
     is_object = np.array([object_of(n) is not None for n in names], dtype=bool)
-    groups = {"robot": ~is_object, "objects": is_object}
+    groups = dict(zip(LANDMARK_GROUPS, (~is_object, is_object), strict=True))
     return {g: m for g, m in groups.items() if m.any()}
 
 
