@@ -7,6 +7,7 @@ import pytest
 
 import kp_perception_bench.tusk_quality as tq
 import kp_perception_bench.tusk_refit_variants as rv
+from kp_perception.checkpoint import load_checkpoint, save_checkpoint
 from kp_perception.errors import KpPerceptionError
 
 TINY = ["--datasets", "tetrominoes", "--max-minutes", "0.05", "--evals", "1", "--train-images", "24",
@@ -38,6 +39,14 @@ def test_variants_of_one_run_differ_only_in_their_names(tmp_path, monkeypatch):
         # The masks are the decoder's: the same whatever names the prototypes give.
         assert by["R"]["foreground_ari"] == by["W"]["foreground_ari"]
         assert all(0.0 <= s["colour_accuracy"] <= 1.0 for s in by.values())
+    # A finished run trained without a bank (prototypes.refit_bank=0 keeps neither buffer) is refused.
+    ckpt = load_checkpoint(work / "run_tetrominoes_s0" / "last.pt", expected_kind="tusk")
+    assert {"descriptor_bank", "bank_seen"} <= set(ckpt["training"]["method"])
+    for key in ("descriptor_bank", "bank_seen"):
+        del ckpt["training"]["method"][key]
+    save_checkpoint(tmp_path / "no_bank" / "last.pt", ckpt)
+    with pytest.raises(KpPerceptionError, match="has no descriptor bank: train it with prototypes.refit_bank > 0"):
+        rv.variant_checkpoint(tmp_path / "no_bank", "W", tmp_path / "out.pt")
 
 
 def test_a_workdir_without_finished_runs_is_refused(tmp_path):
