@@ -740,14 +740,17 @@ def _group_summary(runs: list[dict], families: list[str]) -> dict[str, Any]:
     for g in groups:
         per_family = {f: _table([dict(r, _g=r["rmse_px_by_group"].get(g)) for r in rows if r["family"] == f], "_g")
                       for f in families}
-        intercept = {f: _summary([r["rmse_px_intercept_only_by_group"][g] for r in rows if r["family"] == f])
-                     for f in families}
+        intercept = {f: _summary(ref) for f in families
+                     if (ref := [v for r in rows if r["family"] == f
+                                 and (v := r["rmse_px_intercept_only_by_group"].get(g)) is not None])}
         entry: dict[str, Any] = {"per_family": per_family, "intercept_only": intercept}
         if all("pyramids" in per_family[f] and "transporter30" in per_family[f] for f in families):
             mine, theirs = ([per_family[f][m]["flattened"]["mean"] for f in families] for m in ("pyramids", "transporter30"))
             pairs = [(r["family"], r["seed"]) for r in rows if r["method"] == "pyramids"]
-            flat = {(r["family"], r["seed"], r["method"]): r["rmse_px_by_group"][g]["flattened"] for r in rows}
-            won = [flat[f, s, "pyramids"] < flat[f, s, "transporter30"] for f, s in pairs if (f, s, "transporter30") in flat]
+            flat = {(r["family"], r["seed"], r["method"]): r["rmse_px_by_group"][g]["flattened"] for r in rows
+                    if "flattened" in r["rmse_px_by_group"].get(g, {})}
+            won = [flat[f, s, "pyramids"] < flat[f, s, "transporter30"] for f, s in pairs
+                   if (f, s, "pyramids") in flat and (f, s, "transporter30") in flat]
             entry["vs_transporter30"] = {"pyramids_mean": float(np.mean(mine)), "transporter30_mean": float(np.mean(theirs)),
                                          "margin": 1.0 - float(np.mean(mine)) / float(np.mean(theirs)),
                                          "paired_wins": int(sum(won)), "pairs": len(won)}
@@ -980,7 +983,7 @@ def _markdown_groups(groups: dict[str, Any] | None) -> list[str]:
                 cells += [_cell(c.get("level_1")) if lvl else "—", _cell(c.get("level_2")) if lvl else "—",
                           _cell(c.get("flattened"))]
             lines.append(f"| {f} | {m} | " + " | ".join(cells) + " |")
-        ref = [_cell(groups[g]["intercept_only"][f]) if g in groups else "—" for g in LANDMARK_GROUPS]
+        ref = [_cell(groups.get(g, {}).get("intercept_only", {}).get(f)) for g in LANDMARK_GROUPS]
         lines.append(f"| {f} | no keypoints (intercept only) | — | — | {ref[0]} | — | — | {ref[1]} |")
     lines.append("")
     for g in sorted(names, key=LANDMARK_GROUPS.index):

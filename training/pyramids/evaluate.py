@@ -23,13 +23,17 @@ Protocol:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kp_perception.errors import DataError, ModelLoadError
 from kp_perception_training.evaluation.landmarks import RIDGE_ALPHAS, landmark_errors, pooled_rmse
+
+if TYPE_CHECKING:
+    from kp_perception_training.sim.annotations import Annotation
 
 
 def _onnx_keypoints(checkpoint: dict, onnx: str | Path, caches, keys, width: int, height: int):
@@ -144,7 +148,7 @@ def landmark_groups(names: list[str]) -> dict[str, np.ndarray]:
 
 
 def landmark_scores(
-    coords: np.ndarray, sizes: tuple[int, ...] | list[int], rows: list, frames: list[tuple[str, int]], seed: int,
+    coords: np.ndarray, sizes: Sequence[int], rows: Sequence[Annotation], frames: list[tuple[str, int]], seed: int,
     ridge: bool = True,
 ) -> dict[str, Any]:
     """Landmark regression of every keypoint set (each level, flattened), JSON-able.
