@@ -391,7 +391,7 @@ def group_scores(npz: Path, test_dir: Path, seed: int) -> dict[str, Any]:
     """The least-squares RMSE by landmark group of a finished run, from its saved test keypoints.
 
     For runs evaluated before the evaluator reported groups: the same halves and fits as its
-    ``landmarks_test.json`` (the all-landmark ``rmse_px`` is reproduced exactly), without the ridge.
+    ``landmarks_test.json`` (its all-landmark ``rmse_px`` is reproduced to float rounding), without the ridge.
     """
     from kp_perception_training.pyramids.evaluate import landmark_scores
     from kp_perception_training.sim.annotations import read_annotations
