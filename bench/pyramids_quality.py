@@ -403,6 +403,49 @@ def group_scores(npz: Path, test_dir: Path, seed: int) -> dict[str, Any]:
     return {k: scores[k] for k in GROUP_KEYS if k in scores}
 
 
+def keypoint_subset_scores(coords: np.ndarray, on_arm: np.ndarray, rows: list, frames: list[tuple[str, int]],
+                           seed: int) -> dict[str, dict[str, Any]]:
+    """Least-squares RMSE by landmark group from the keypoints lying mostly on the arm and from the rest.
+
+    Why: on a scene where most keypoints sit on the arm, least squares on their many near-collinear
+    columns can overfit object landmarks seen in few frames; fitting each subset alone shows where the
+    object information is (docs/results.md, "Where the margin is lost").
+
+    Args:
+        coords: F×N×2 keypoints in frame pixels; on_arm: N booleans, on the arm in more than half the frames.
+        rows, frames, seed: as for ``landmark_scores`` (same halves and fits).
+
+    Returns per subset (``on_arm``, ``off_arm``) its keypoint count and the RMSE per landmark group
+    (absent for an empty subset).
+    """
+    from kp_perception_training.pyramids.evaluate import landmark_scores
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, keep in (("on_arm", on_arm), ("off_arm", ~on_arm)):
+        entry: dict[str, Any] = {"keypoints": int(keep.sum())}
+        if keep.any():
+            scores = landmark_scores(coords[:, keep], [int(keep.sum())], rows, frames, seed, ridge=False)
+            entry.update({g: v["flattened"] for g, v in scores.get("rmse_px_by_group", {}).items()})
+        out[name] = entry
+    return out
+
+
+def run_analyses(run_dir: Path, test_dir: Path, seed: int, masks: dict[tuple[str, int], np.ndarray],
+                 classes: dict[int, str]) -> dict[str, Any]:
+    """A finished run's keypoint placement, with the object information of its on-arm and off-arm keypoints."""
+    from kp_perception_training.sim.annotations import read_annotations
+
+    npz = run_dir / "landmark_keypoints.npz"
+    placement = keypoint_placement(npz, masks, classes)
+    data = np.load(npz)
+    ids = _ids_under(data, masks)
+    on_arm = np.isin(ids, [cid for cid, c in classes.items() if c == "arm"]).mean(axis=0) > 0.5
+    frames = [(str(s), int(f)) for s, f in zip(data["sequences"], data["frames"], strict=True)]
+    placement["keypoint_subsets"] = keypoint_subset_scores(
+        data["keypoints_px"], on_arm, read_annotations(test_dir / "annotations.csv"), frames, seed)
+    return placement
+
+
 def _with_groups(record: dict[str, Any], run_dir: Path, test_dir: Path) -> dict[str, Any]:
     return record if "rmse_px_by_group" in record else dict(
         record, **group_scores(run_dir / "landmark_keypoints.npz", test_dir, record["seed"]))
@@ -499,7 +542,7 @@ def _reanalyse(args: argparse.Namespace) -> dict[str, Any]:
         masks, classes = instance_masks(test_dir)
         for r in (r for r in result["runs"] if r["family"] == family):
             run_dir = work / family / "runs" / f"{r['method']}_s{r['seed']}_{suffix}"
-            r["placement"] = keypoint_placement(run_dir / "landmark_keypoints.npz", masks, classes)
+            r["placement"] = run_analyses(run_dir, test_dir, r["seed"], masks, classes)
             r.update(_with_groups(r, run_dir, test_dir))
     result.update(family_summary(result["runs"], result["families_run"]))
     _write_families(result, args)
@@ -655,7 +698,7 @@ def _run_families(args: argparse.Namespace, families: list[str], names: list[str
             run_dir = work / family / "runs" / f"{name}_s{seed}_{suffix}"
             record = _with_groups(future.result(), run_dir, test_dir)
             records.append(dict(record, family=family,
-                                placement=keypoint_placement(run_dir / "landmark_keypoints.npz", masks, classes)))
+                                placement=run_analyses(run_dir, test_dir, seed, masks, classes)))
             print(f"{family} {name} seed {seed}: {records[-1]['rmse_px']}", file=sys.stderr)
         if not records:
             continue
@@ -770,6 +813,12 @@ def _placement_summary(runs: list[dict], families: list[str]) -> dict[str, Any]:
             hier = [r["placement"]["hierarchy"] for r in rows if "hierarchy" in r["placement"]]
             if hier:
                 levels["hierarchy"] = {k: float(np.mean([h[k] for h in hier])) for k in hier[0]}
+            subsets = [r["placement"]["keypoint_subsets"] for r in rows if "keypoint_subsets" in r["placement"]]
+            if len(subsets) == len(rows):
+                levels["keypoint_subsets"] = {
+                    part: {k: float(np.mean(v)) for k in ("keypoints", "robot", "objects")
+                           if len(v := [s[part][k] for s in subsets if k in s[part]]) == len(subsets)}
+                    for part in ("on_arm", "off_arm")}
             for level in (k for k in rows[0]["placement"] if k.startswith("level_")):
                 classes = rows[0]["placement"][level]["fraction"]
                 levels[level] = {
@@ -932,7 +981,7 @@ def markdown_families(result: dict[str, Any]) -> str:
     for f, methods in result["placement"].items():
         for name, levels in methods.items():
             for level, p in levels.items():
-                if level == "hierarchy":
+                if not level.startswith("level_"):
                     continue
                 fr, mo = p["fraction"], p["mostly_on"]
                 obj = fr.get("object", 0.0) + fr.get("distractor", 0.0)
@@ -941,6 +990,7 @@ def markdown_families(result: dict[str, Any]) -> str:
                              f"{100 * fr.get('arm', 0):.0f} % | {100 * obj:.0f} % | {100 * fr.get('background', 0):.0f} % | "
                              f"{mo.get('arm', 0):.1f} / {mobj:.1f} / {mo.get('background', 0):.1f} | {p['motion_px']:.2f} |")
     lines += _markdown_groups(result.get("by_landmark_group"))
+    lines += _markdown_subsets(result["placement"])
     hier = {f: m["pyramids"]["hierarchy"] for f, m in result["placement"].items() if "hierarchy" in m.get("pyramids", {})}
     if hier:
         lines += ["", "Do level-2 children refine their level-1 parents? Child against its own parent, and in brackets "
@@ -992,6 +1042,25 @@ def _markdown_groups(groups: dict[str, Any] | None) -> list[str]:
             lines.append(f"- {g}: flattened Pyramids vs Transporter-30 on the mean over families {v['pyramids_mean']:.2f} vs "
                          f"{v['transporter30_mean']:.2f} px, margin {100 * v['margin']:.1f} %, paired wins "
                          f"{v['paired_wins']} of {v['pairs']}.")
+    return lines
+
+
+def _markdown_subsets(placement: dict[str, Any]) -> list[str]:
+    rows = [(f, m, v["keypoint_subsets"]) for f, methods in placement.items() for m, v in methods.items()
+            if "keypoint_subsets" in v]
+    if not rows:
+        return []
+    lines = ["", "Where the object information is: least-squares RMSE on the object landmarks from each method's keypoints "
+             "that lie on the arm in more than half of the test frames, and from the rest, each subset fitted alone "
+             "(same halves; mean over seeds; — where a subset is empty in some seed):", "",
+             "| family | method | keypoints on the arm | objects from them | keypoints off the arm | objects from them |",
+             "|---|---|---|---|---|---|"]
+    def cell(part: dict[str, float]) -> str:
+        return f"{part['objects']:.2f}" if "objects" in part else "—"
+
+    for f, m, sub in rows:
+        on, off = sub["on_arm"], sub["off_arm"]
+        lines.append(f"| {f} | {m} | {on['keypoints']:.1f} | {cell(on)} | {off['keypoints']:.1f} | {cell(off)} |")
     return lines
 
 

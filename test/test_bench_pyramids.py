@@ -72,7 +72,10 @@ def test_families_grid_reports_every_fit_pair_and_placement(tiny_grid):
         over = result["mean_over_families_rmse_px"][fit]["pyramids"]["flattened"]["mean"]
         assert over == pytest.approx(table["pyramids"]["flattened"]["mean"])
     for name, levels in result["placement"]["side"].items():
-        assert set(levels) == ({"level_1", "level_2", "hierarchy"} if name == "pyramids" else {"level_1"})
+        assert set(levels) == ({"level_1", "level_2", "hierarchy", "keypoint_subsets"} if name == "pyramids"
+                               else {"level_1", "keypoint_subsets"})
+        sub = levels["keypoint_subsets"]
+        assert sub["on_arm"]["keypoints"] + sub["off_arm"]["keypoints"] == 30
         assert 0.0 <= levels.get("hierarchy", {}).get("same_instance", 0.0) <= 1.0
         for cell in (c for k, c in levels.items() if k.startswith("level_")):
             assert sum(cell["fraction"].values()) == pytest.approx(1.0)
@@ -299,3 +302,24 @@ def test_compare_keeps_only_the_pairs_every_arm_ran(tmp_path):
     (tmp_path / "flat.json").write_text(json.dumps({"setting": {}, "runs": []}))
     with pytest.raises(KpPerceptionError, match="not a pyramids_quality --families"):
         arm_runs(tmp_path / "flat.json", "pyramids")
+
+
+def test_keypoint_subsets_find_the_object_information_off_the_arm():
+    """Two keypoints on the arm, one on the mug: the off-arm one alone places the mug, the arm ones do not."""
+    from kp_perception_training.sim.annotations import Annotation
+
+    rng = np.random.default_rng(5)
+    rows, coords, keys = [], [], []
+    for e in range(10):
+        mug = rng.uniform(10, 54, size=2)
+        for f in range(20):
+            arm = rng.uniform(0, 64, size=2)
+            keys.append((f"episode_{e:03d}", f))
+            coords.append([arm, arm + 3.0, mug + rng.normal(0, 0.2, size=2)])
+            rows += [Annotation(f"episode_{e:03d}", f, "gripper", *arm), Annotation(f"episode_{e:03d}", f, "mug/centre", *mug)]
+    on_arm = np.array([True, True, False])
+    out = pq.keypoint_subset_scores(np.array(coords), on_arm, rows, keys, seed=0)
+    assert out["on_arm"]["keypoints"] == 2 and out["off_arm"]["keypoints"] == 1
+    assert out["off_arm"]["objects"] < 0.5 < 5.0 < out["on_arm"]["objects"]
+    assert out["on_arm"]["robot"] < 1e-6 < 5.0 < out["off_arm"]["robot"]
+    assert pq.keypoint_subset_scores(np.array(coords), np.ones(3, bool), rows, keys, seed=0)["off_arm"] == {"keypoints": 0}
