@@ -265,13 +265,13 @@ def _train_eval(name: str, seed: int, run_dir: Path, train_dir: Path, test_dir: 
     extra = [s for s in args.set if kind == "pyramids" or not s.startswith(("ablation.", "loss.transport", "loss.spring"))]
     explicit = _set_value(extra, "model.keypoints_per_level")
     sizes = pyramids_levels(args) if kind == "pyramids" else list(json.loads(explicit)) if explicit else sizes
+    overrides = [*common, *presets.get(kind, []), f"model.keypoints_per_level={json.dumps(sizes)}", *extra]
     if record.is_file():
-        _check_reused(run_dir, sizes)
+        _check_reused(run_dir, overrides)
         return json.loads(record.read_text())
     t0 = time.monotonic()
     train_args = ["train", kind, "--data", str(train_dir), "--out", str(run_dir), "--steps", str(steps),
-                  "--seed", str(seed), "--no-progress", "--set", *common, *presets.get(kind, []),
-                  f"model.keypoints_per_level={json.dumps(sizes)}", *extra]
+                  "--seed", str(seed), "--no-progress", "--set", *overrides]
     if args.max_minutes:
         train_args += ["--max-minutes", str(args.max_minutes)]
     if args.device:
@@ -302,16 +302,42 @@ def _train_eval(name: str, seed: int, run_dir: Path, train_dir: Path, test_dir: 
     return result
 
 
-def _check_reused(run_dir: Path, sizes: list[int]) -> None:
-    """A finished run is reused by its directory name, which does not hold the level sizes: refuse one
-    trained with other sizes (e.g. before the CPU preset moved to 15 + 15) rather than mix it in."""
+def _check_reused(run_dir: Path, overrides: list[str]) -> None:
+    """A finished run is reused by its directory name, which holds neither the level sizes nor the other
+    overrides (σ, loss weights, ...): refuse one whose saved config differs from what this run asks for
+    (e.g. trained before the CPU preset changed) rather than mix it in."""
     import yaml
 
+    from kp_perception_training.config import parse_override
+
     config = run_dir / "config.yaml"
-    trained = yaml.safe_load(config.read_text()).get("model", {}).get("keypoints_per_level") if config.is_file() else None
-    if trained is not None and list(trained if isinstance(trained, list) else [trained]) != list(sizes):
-        raise KpPerceptionError(f"{run_dir} was trained with keypoints_per_level={trained}, this run asks for {sizes}; "
-                                "give another --tag or --work so that the finished runs are not mixed in")
+    saved = yaml.safe_load(config.read_text()) if config.is_file() else None
+    if not isinstance(saved, dict):
+        return
+    for text in overrides:
+        parts, wanted = parse_override(text)
+        trained: Any = saved
+        for part in parts:
+            trained = trained.get(part) if isinstance(trained, dict) else None
+        if trained is not None and not _same_value(trained, wanted):
+            key = ".".join(parts)
+            raise KpPerceptionError(f"{run_dir} was trained with {key}={trained}, this run asks for {wanted}; "
+                                    "give another --tag or --work so that the finished runs are not mixed in")
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Config values equal up to list/tuple, a scalar for a one-element list, and float rounding."""
+    a = list(a) if isinstance(a, (list, tuple)) else [a]
+    b = list(b) if isinstance(b, (list, tuple)) else [b]
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool):
+            if not np.isclose(float(x), float(y), rtol=1e-9, atol=0.0):
+                return False
+        elif x != y:
+            return False
+    return True
 
 
 def _int8_summary(runs: list[dict]) -> dict[str, Any] | None:

@@ -131,12 +131,15 @@ def test_parallel_jobs_give_the_same_runs_as_one_job(tiny_grid, monkeypatch):
 
 
 @pytest.mark.timeout(600)
-def test_a_finished_run_with_other_level_sizes_is_not_mixed_in(tiny_grid):
-    """Run directories are named without the level sizes: reusing one trained with other sizes is refused."""
+def test_a_finished_run_with_other_settings_is_not_mixed_in(tiny_grid):
+    """Run directories are named without the level sizes or σ: reusing one trained with other values is refused."""
     root, result = tiny_grid
     assert next(r for r in result["runs"] if r["method"] == "pyramids")["keypoints_per_level"] == [15, 15]
-    with pytest.raises(KpPerceptionError, match=r"trained with keypoints_per_level=\[15, 15\].*asks for \[10, 20\]"):
+    with pytest.raises(KpPerceptionError, match=r"trained with model.keypoints_per_level=\[15, 15\].*asks for \[10, 20\]"):
         pq.run(_args(root / "work", "--methods", "pyramids", "--set", "model.keypoints_per_level=[10,20]"))
+    # nor one trained with another heatmap width, another override the directory name does not hold
+    with pytest.raises(KpPerceptionError, match=r"trained with model.sigma=0.1, this run asks for 0.2"):
+        pq.run(_args(root / "work", "--methods", "pyramids", "--set", "model.sigma=0.2"))
 
 
 def test_unknown_family_is_one_clear_error(tmp_path):
