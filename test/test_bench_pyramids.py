@@ -138,8 +138,10 @@ def test_a_finished_run_with_other_settings_is_not_mixed_in(tiny_grid):
     with pytest.raises(KpPerceptionError, match=r"trained with model.keypoints_per_level=\[15, 15\].*asks for \[10, 20\]"):
         pq.run(_args(root / "work", "--methods", "pyramids", "--set", "model.keypoints_per_level=[10,20]"))
     # nor one trained with another heatmap width, another override the directory name does not hold
-    with pytest.raises(KpPerceptionError, match=r"trained with model.sigma=0.1, this run asks for 0.2"):
-        pq.run(_args(root / "work", "--methods", "pyramids", "--set", "model.sigma=0.2"))
+    sigma = result["setting"]["pyramids_sigma"]
+    assert sigma == pq.PYRAMIDS_SIGMA["cpu"]
+    with pytest.raises(KpPerceptionError, match=rf"trained with model.sigma={sigma}, this run asks for {sigma / 2}"):
+        pq.run(_args(root / "work", "--methods", "pyramids", "--set", f"model.sigma={sigma / 2}"))
 
 
 def test_unknown_family_is_one_clear_error(tmp_path):
