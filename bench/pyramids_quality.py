@@ -55,14 +55,18 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kp_perception.errors import KpPerceptionError
 from kp_perception_bench._outputs import docs_path, results_dir, update_results_doc, work_dir
+
+if TYPE_CHECKING:
+    from kp_perception_training.sim.annotations import Annotation
 
 SECTION = "## Keypoint Pyramids"
 BEGIN, END = "<!-- Pyramids table: begin (bench/pyramids_quality.py) -->", "<!-- Pyramids table: end -->"
@@ -442,8 +446,8 @@ def group_scores(npz: Path, test_dir: Path, seed: int) -> dict[str, Any]:
     return {k: scores[k] for k in GROUP_KEYS if k in scores}
 
 
-def keypoint_subset_scores(coords: np.ndarray, on_arm: np.ndarray, rows: list, frames: list[tuple[str, int]],
-                           seed: int) -> dict[str, dict[str, Any]]:
+def keypoint_subset_scores(coords: np.ndarray, on_arm: np.ndarray, rows: Sequence[Annotation],
+                           frames: list[tuple[str, int]], seed: int) -> dict[str, dict[str, Any]]:
     """Least-squares RMSE by landmark group from the keypoints lying mostly on the arm and from the rest.
 
     Why: on a scene where most keypoints sit on the arm, least squares on their many near-collinear
@@ -474,10 +478,9 @@ def run_analyses(run_dir: Path, test_dir: Path, seed: int, masks: dict[tuple[str
     """A finished run's keypoint placement, with the object information of its on-arm and off-arm keypoints."""
     from kp_perception_training.sim.annotations import read_annotations
 
-    npz = run_dir / "landmark_keypoints.npz"
-    placement = keypoint_placement(npz, masks, classes)
-    data = np.load(npz)
+    data = np.load(run_dir / "landmark_keypoints.npz")
     ids = _ids_under(data, masks)
+    placement = _placement(data, ids, classes)
     on_arm = np.isin(ids, [cid for cid, c in classes.items() if c == "arm"]).mean(axis=0) > 0.5
     frames = [(str(s), int(f)) for s, f in zip(data["sequences"], data["frames"], strict=True)]
     placement["keypoint_subsets"] = keypoint_subset_scores(
@@ -495,8 +498,11 @@ def keypoint_placement(npz: Path, masks: dict[tuple[str, int], np.ndarray], clas
     lie mostly (in more than half of the frames) on each class, from the pixel under the keypoint.
     For a pyramid also how children relate to their parents (``hierarchy_stats``)."""
     data = np.load(npz)
+    return _placement(data, _ids_under(data, masks), classes)
+
+
+def _placement(data: Any, ids: np.ndarray, classes: dict[int, str]) -> dict[str, Any]:
     names = sorted(set(classes.values()))
-    ids = _ids_under(data, masks)
     lookup = np.vectorize(lambda v: names.index(classes.get(int(v), "background")))
     labels = lookup(ids) if ids.size else ids  # F×N class index
     out: dict[str, Any] = {}
