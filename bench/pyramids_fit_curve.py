@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from kp_perception_bench._outputs import results_dir, work_dir
+from kp_perception_bench.pyramids_quality import scored_dir
 
 ALPHAS: tuple[float, ...] = (0.0, 0.1, 1.0, 10.0, 100.0)
 
@@ -59,8 +60,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs = []
     for r in grid["runs"]:
         family_dir = Path(args.work) / r["family"]
-        npz = family_dir / "runs" / f"{r['method']}_s{r['seed']}_{suffix}" / "landmark_keypoints.npz"
-        ann = family_dir / f"sim_test_{s['size']}_{s['test_episodes']}x{s['frames']}" / "annotations.csv"
+        test_dir = family_dir / f"sim_test_{s['size']}_{s['test_episodes']}x{s['frames']}"
+        run_dir = family_dir / "runs" / f"{r['method']}_s{r['seed']}_{suffix}"
+        npz = scored_dir(run_dir, test_dir) / "landmark_keypoints.npz"
+        ann = test_dir / "annotations.csv"
         runs.append({"family": r["family"], "method": r["method"], "seed": r["seed"],
                      "rmse_px": fit_curve(npz, ann, r["seed"])})
     mean: dict[str, Any] = {}

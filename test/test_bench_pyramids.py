@@ -116,6 +116,33 @@ def test_a_rerun_reuses_the_finished_runs(tiny_grid, monkeypatch):
 
 
 @pytest.mark.timeout(600)
+def test_another_test_set_rescores_the_finished_checkpoints_without_training(tiny_grid, monkeypatch):
+    """--test-episodes changes only the scoring: same checkpoints and training records, new test frames."""
+    root, result = tiny_grid
+    monkeypatch.setattr(pq, "results_dir", lambda: root / "results_rescored")
+    checkpoints = {p: p.stat().st_mtime_ns for p in (root / "work" / "side" / "runs").glob("*_5st/**/*.pt")}
+    assert checkpoints
+    larger = pq.run(_args(root / "work", "--test-episodes", "3"))
+    assert larger["setting"]["test_episodes"] == 3
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints, "nothing was re-trained"
+    for mine, theirs in zip(larger["runs"], result["runs"], strict=True):
+        assert (mine["method"], mine["seed"]) == (theirs["method"], theirs["seed"])
+        assert mine["train_seconds"] == theirs["train_seconds"] and mine["final_loss_ema"] == theirs["final_loss_ema"]
+        assert (mine["test_data"], theirs["test_data"]) == ("sim_test_64_3x6", "sim_test_64_2x6")
+        assert mine["rmse_px"]["flattened"] != theirs["rmse_px"]["flattened"], "scored on other frames"
+    # the smaller set's records stay, so asking for it again reuses them
+    assert pq.run(_args(root / "work"))["per_family_rmse_px"] == result["per_family_rmse_px"]
+
+
+def test_families_default_to_the_larger_test_set():
+    parser = argparse.ArgumentParser()
+    pq.add_arguments(parser)
+    families = pq._setting(parser.parse_args(["--families", "side"]))
+    single = pq._setting(parser.parse_args([]))
+    assert families["test_episodes"] == pq.FAMILY_TEST_EPISODES > single["test_episodes"]
+
+
+@pytest.mark.timeout(600)
 def test_parallel_jobs_give_the_same_runs_as_one_job(tiny_grid, monkeypatch):
     """--jobs 2 runs the grid's train/eval processes side by side: same seeds, same data, same figures."""
     root, result = tiny_grid
@@ -125,7 +152,8 @@ def test_parallel_jobs_give_the_same_runs_as_one_job(tiny_grid, monkeypatch):
     assert [(r["method"], r["seed"]) for r in parallel["runs"]] == [(r["method"], r["seed"]) for r in result["runs"]]
     for mine, theirs in zip(parallel["runs"], result["runs"], strict=True):
         # trained again under the new tag, not reused from the one-job grid
-        assert (root / "work" / "side" / "runs" / f"{mine['method']}_s0_64px_5st_jobs2" / "bench_run.json").is_file()
+        run_dir = root / "work" / "side" / "runs" / f"{mine['method']}_s0_64px_5st_jobs2"
+        assert (pq.scored_dir(run_dir, root / "work" / "side" / "sim_test_64_2x6") / "bench_run.json").is_file()
         assert mine["rmse_px"] == pytest.approx(theirs["rmse_px"], rel=1e-3)
     assert (root / "work" / "side" / "logs" / "pyramids_s0_64px_5st_jobs2.log").is_file()
 
@@ -186,7 +214,7 @@ def test_grid_splits_the_error_by_landmark_group_and_saved_keypoints_reproduce_i
     # a run evaluated before the evaluator split by group: its saved keypoints give the same least-squares split
     test_dir = next((root / "work" / "side").glob("sim_test_*"))
     for r in result["runs"]:
-        npz = root / "work" / "side" / "runs" / f"{r['method']}_s0_64px_5st" / "landmark_keypoints.npz"
+        npz = pq.scored_dir(root / "work" / "side" / "runs" / f"{r['method']}_s0_64px_5st", test_dir) / "landmark_keypoints.npz"
         again = pq.group_scores(npz, test_dir, r["seed"])
         for g, cells in r["rmse_px_by_group"].items():
             assert again["rmse_px_by_group"][g] == pytest.approx(cells, rel=1e-9)
@@ -244,7 +272,7 @@ def test_fit_curve_at_strength_zero_is_the_benchmark_least_squares_figure(tiny_g
     for r in result["runs"]:
         run_dir = next((root / "work" / "side" / "runs").glob(f"{r['method']}_s{r['seed']}_*"))
         test_dir = next((root / "work" / "side").glob("sim_test_*"))
-        curve = fit_curve(run_dir / "landmark_keypoints.npz", test_dir / "annotations.csv", r["seed"])
+        curve = fit_curve(pq.scored_dir(run_dir, test_dir) / "landmark_keypoints.npz", test_dir / "annotations.csv", r["seed"])
         assert curve["flattened"]["0"] == pytest.approx(r["rmse_px"]["flattened"], rel=1e-9)
         if r["method"] == "pyramids":
             assert curve["level_2"]["0"] == pytest.approx(r["rmse_px"]["level_2"], rel=1e-9)
