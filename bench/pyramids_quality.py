@@ -508,9 +508,28 @@ def run_analyses(run_dir: Path, test_dir: Path, seed: int, masks: dict[tuple[str
     placement = _placement(data, ids, classes)
     on_arm = np.isin(ids, [cid for cid, c in classes.items() if c == "arm"]).mean(axis=0) > 0.5
     frames = [(str(s), int(f)) for s, f in zip(data["sequences"], data["frames"], strict=True)]
-    placement["keypoint_subsets"] = keypoint_subset_scores(
-        data["keypoints_px"], on_arm, read_annotations(test_dir / "annotations.csv"), frames, seed)
+    rows = read_annotations(test_dir / "annotations.csv")
+    placement["keypoint_subsets"] = keypoint_subset_scores(data["keypoints_px"], on_arm, rows, frames, seed)
+    placement["episode_halves"] = episode_half_scores(data["keypoints_px"], data["level_sizes"].tolist(), rows,
+                                                      frames, seed)
     return placement
+
+
+def episode_half_scores(coords: np.ndarray, sizes: list[int], rows: Sequence[Annotation],
+                        frames: list[tuple[str, int]], seed: int) -> dict[str, Any]:
+    """Least squares fitted on half of the test episodes and scored on the other half, all landmarks and
+    by group, with the intercept-only reference: an analysis beside the goal, which keeps frame halves.
+
+    Why: with frame halves an object landmark can be placed by recognising the episode (objects sit still
+    within one); on the catalogue families the object set changes per episode, and these figures show
+    whether the keypoints place the objects in episodes the fit never saw (docs/results.md, "Least
+    squares on too few frames").
+    """
+    from kp_perception_training.pyramids.evaluate import landmark_scores
+
+    scores = landmark_scores(coords, sizes, rows, frames, seed, ridge=False, by_episode=True)
+    keep = ("rmse_px", "rmse_px_by_group", "rmse_px_intercept_only", "rmse_px_intercept_only_by_group")
+    return {k: scores[k] for k in keep if k in scores}
 
 
 def _with_groups(record: dict[str, Any], run_dir: Path, test_dir: Path) -> dict[str, Any]:
@@ -890,6 +909,9 @@ def _placement_summary(runs: list[dict], families: list[str]) -> dict[str, Any]:
                     part: {k: float(np.mean(v)) for k in ("keypoints", "robot", "objects")
                            if len(v := [s[part][k] for s in subsets if k in s[part]]) == len(subsets)}
                     for part in ("on_arm", "off_arm")}
+            halves = [r["placement"]["episode_halves"] for r in rows if "episode_halves" in r["placement"]]
+            if len(halves) == len(rows):
+                levels["episode_halves"] = _episode_half_means(halves)
             for level in (k for k in rows[0]["placement"] if k.startswith("level_")):
                 classes = rows[0]["placement"][level]["fraction"]
                 levels[level] = {
@@ -900,6 +922,22 @@ def _placement_summary(runs: list[dict], families: list[str]) -> dict[str, Any]:
                 }
             out.setdefault(f, {})[name] = levels
     return out
+
+
+def _episode_half_means(halves: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean over seeds: ``<group>/<set>`` (group ``all``, ``robot``, ``objects``; set a level, ``flattened``
+    or ``intercept_only``)."""
+    cells: dict[str, list[float]] = {}
+    for h in halves:
+        cells.setdefault("all/intercept_only", []).append(h["rmse_px_intercept_only"])
+        for name, v in h["rmse_px"].items():
+            cells.setdefault(f"all/{name}", []).append(v)
+        for g, sets in h.get("rmse_px_by_group", {}).items():
+            for name, v in sets.items():
+                cells.setdefault(f"{g}/{name}", []).append(v)
+        for g, v in h.get("rmse_px_intercept_only_by_group", {}).items():
+            cells.setdefault(f"{g}/intercept_only", []).append(v)
+    return {k: float(np.mean(v)) for k, v in cells.items() if len(v) == len(halves)}
 
 
 def _goal(table: dict) -> dict[str, Any]:
@@ -1070,6 +1108,7 @@ def markdown_families(result: dict[str, Any]) -> str:
                              f"{mo.get('arm', 0):.1f} / {mobj:.1f} / {mo.get('background', 0):.1f} | {p['motion_px']:.2f} |")
     lines += _markdown_groups(result.get("by_landmark_group"))
     lines += _markdown_subsets(result["placement"])
+    lines += _markdown_episode_halves(result["placement"])
     hier = {f: m["pyramids"]["hierarchy"] for f, m in result["placement"].items() if "hierarchy" in m.get("pyramids", {})}
     if hier:
         lines += ["", "Do level-2 children refine their level-1 parents? Child against its own parent, and in brackets "
@@ -1140,6 +1179,25 @@ def _markdown_subsets(placement: dict[str, Any]) -> list[str]:
     for f, m, sub in rows:
         on, off = sub["on_arm"], sub["off_arm"]
         lines.append(f"| {f} | {m} | {on['keypoints']:.1f} | {cell(on)} | {off['keypoints']:.1f} | {cell(off)} |")
+    return lines
+
+
+def _markdown_episode_halves(placement: dict[str, Any]) -> list[str]:
+    rows = [(f, m, v["episode_halves"]) for f, methods in placement.items() for m, v in methods.items()
+            if "episode_halves" in v]
+    if not rows:
+        return []
+    lines = ["", "Fitted on half of the test episodes and scored on the other half (least squares, flattened; "
+             "an analysis beside the goal, which keeps the frame halves; mean over seeds):", "",
+             "| family | method | all | all, intercept only | robot | robot, intercept only | objects "
+             "| objects, intercept only |", "|---|---|---|---|---|---|---|---|"]
+
+    def cell(h: dict[str, float], key: str) -> str:
+        return f"{h[key]:.2f}" if key in h else "—"
+
+    for f, m, h in rows:
+        keys = [f"{g}/{s}" for g in ("all", "robot", "objects") for s in ("flattened", "intercept_only")]
+        lines.append(f"| {f} | {m} | " + " | ".join(cell(h, k) for k in keys) + " |")
     return lines
 
 

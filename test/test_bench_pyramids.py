@@ -72,8 +72,9 @@ def test_families_grid_reports_every_fit_pair_and_placement(tiny_grid):
         over = result["mean_over_families_rmse_px"][fit]["pyramids"]["flattened"]["mean"]
         assert over == pytest.approx(table["pyramids"]["flattened"]["mean"])
     for name, levels in result["placement"]["side"].items():
-        assert set(levels) == ({"level_1", "level_2", "hierarchy", "keypoint_subsets"} if name == "pyramids"
-                               else {"level_1", "keypoint_subsets"})
+        assert set(levels) == ({"level_1", "level_2", "hierarchy", "keypoint_subsets", "episode_halves"}
+                               if name == "pyramids" else {"level_1", "keypoint_subsets", "episode_halves"})
+        assert levels["episode_halves"]["all/flattened"] > 0 and "robot/intercept_only" in levels["episode_halves"]
         sub = levels["keypoint_subsets"]
         assert sub["on_arm"]["keypoints"] + sub["off_arm"]["keypoints"] == 30
         assert 0.0 <= levels.get("hierarchy", {}).get("same_instance", 0.0) <= 1.0
@@ -356,3 +357,30 @@ def test_keypoint_subsets_find_the_object_information_off_the_arm():
     assert out["off_arm"]["objects"] < 0.5 < 5.0 < out["on_arm"]["objects"]
     assert out["on_arm"]["robot"] < 1e-6 < 5.0 < out["off_arm"]["robot"]
     assert pq.keypoint_subset_scores(np.array(coords), np.ones(3, bool), rows, keys, seed=0)["off_arm"] == {"keypoints": 0}
+
+
+def test_episode_halves_tell_recognising_the_episode_from_placing_the_object():
+    """Keypoints that only say which episode a frame is from (one per episode) place a still object exactly
+    under frame halves, and no better than its mean position under episode halves."""
+    from kp_perception_training.pyramids.evaluate import split_episode_halves
+    from kp_perception_training.sim.annotations import Annotation
+
+    rng = np.random.default_rng(0)
+    episodes, per = 10, 20
+    frames = [(f"episode_{e:03d}", i) for e in range(episodes) for i in range(per)]
+    fit, scored = split_episode_halves(frames, seed=3)
+    assert {frames[i][0] for i in fit}.isdisjoint({frames[i][0] for i in scored})
+    assert sorted([*fit, *scored]) == list(range(len(frames))) and len(fit) == len(scored)
+    place = rng.uniform(10, 50, size=(episodes, 2))  # the mug, still within each episode
+    coords = np.zeros((len(frames), episodes, 2))
+    for f, (seq, _) in enumerate(frames):
+        coords[f, int(seq[-3:]), 0] = 1.0
+    rows = [Annotation(seq, i, "mug/centre", *place[int(seq[-3:])]) for seq, i in frames]
+    rows += [Annotation(seq, i, "gripper", float(i), 2.0 * i) for seq, i in frames]
+    halves = pq.episode_half_scores(coords, [episodes], rows, frames, seed=3)
+    from kp_perception_training.pyramids.evaluate import landmark_scores
+
+    frame_halves = landmark_scores(coords, [episodes], rows, frames, 3, ridge=False)
+    assert frame_halves["rmse_px_by_group"]["objects"]["flattened"] < 1e-6
+    objects = halves["rmse_px_by_group"]["objects"]["flattened"]
+    assert objects > 5.0 and objects == pytest.approx(halves["rmse_px_intercept_only_by_group"]["objects"], rel=0.05)

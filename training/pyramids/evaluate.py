@@ -129,6 +129,19 @@ def split_halves(frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[: frames // 2]), np.sort(order[frames // 2 :])
 
 
+def split_episode_halves(frames: list[tuple[str, int]], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frame indices of the fit and scored halves of the *sequences* (episodes), by :func:`split_halves`.
+
+    Why: objects sit still within an episode, so with frame halves a fit can place an object landmark by
+    recognising the episode rather than the object. With episode halves no scored frame's episode was
+    fitted on, which asks whether the keypoints locate the landmark in an episode never seen.
+    """
+    names = sorted({s for s, _ in frames})
+    fit_names = {names[i] for i in split_halves(len(names), seed)[0]}
+    in_fit = np.array([s in fit_names for s, _ in frames], dtype=bool)
+    return np.flatnonzero(in_fit), np.flatnonzero(~in_fit)
+
+
 LANDMARK_GROUPS = ("robot", "objects")
 
 
@@ -149,7 +162,7 @@ def landmark_groups(names: list[str]) -> dict[str, np.ndarray]:
 
 def landmark_scores(
     coords: np.ndarray, sizes: Sequence[int], rows: Sequence[Annotation], frames: list[tuple[str, int]], seed: int,
-    ridge: bool = True,
+    ridge: bool = True, by_episode: bool = False,
 ) -> dict[str, Any]:
     """Landmark regression of every keypoint set (each level, flattened), JSON-able.
 
@@ -158,6 +171,7 @@ def landmark_scores(
         rows: the annotations; frames: the F (sequence, frame) keys of ``coords``.
         seed: fixes the fit / scored halves (:func:`split_halves`).
         ridge: also the CV ridge fit (slow: seconds per set).
+        by_episode: fit and score on halves of the episodes (:func:`split_episode_halves`), not of the frames.
 
     Returns ``rmse_px`` (least squares) and ``rmse_px_ridge`` per set, the intercept-only reference,
     and, when the landmarks span both :func:`landmark_groups`, the same figures per group from the same
@@ -165,7 +179,7 @@ def landmark_scores(
     """
     names = sorted({a.name for a in rows})
     targets, visible = landmark_targets(rows, frames)
-    fit_rows, test_rows = split_halves(len(frames), seed)
+    fit_rows, test_rows = split_episode_halves(frames, seed) if by_episode else split_halves(len(frames), seed)
     sets: dict[str, np.ndarray] = {}
     offset = 0
     for level, n in enumerate(sizes):
