@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kp_perception.errors import KpPerceptionError
+from kp_perception.errors import DataError, KpPerceptionError
 from kp_perception_bench._outputs import docs_path, results_dir, update_results_doc, work_dir
 
 if TYPE_CHECKING:
@@ -510,13 +510,14 @@ def run_analyses(run_dir: Path, test_dir: Path, seed: int, masks: dict[tuple[str
     frames = [(str(s), int(f)) for s, f in zip(data["sequences"], data["frames"], strict=True)]
     rows = read_annotations(test_dir / "annotations.csv")
     placement["keypoint_subsets"] = keypoint_subset_scores(data["keypoints_px"], on_arm, rows, frames, seed)
-    placement["episode_halves"] = episode_half_scores(data["keypoints_px"], data["level_sizes"].tolist(), rows,
-                                                      frames, seed)
+    halves = episode_half_scores(data["keypoints_px"], data["level_sizes"].tolist(), rows, frames, seed)
+    if halves is not None:
+        placement["episode_halves"] = halves
     return placement
 
 
 def episode_half_scores(coords: np.ndarray, sizes: list[int], rows: Sequence[Annotation],
-                        frames: list[tuple[str, int]], seed: int) -> dict[str, Any]:
+                        frames: list[tuple[str, int]], seed: int) -> dict[str, Any] | None:
     """Least squares fitted on half of the test episodes and scored on the other half, all landmarks and
     by group, with the intercept-only reference: an analysis beside the goal, which keeps frame halves.
 
@@ -524,10 +525,17 @@ def episode_half_scores(coords: np.ndarray, sizes: list[int], rows: Sequence[Ann
     within one); on the catalogue families the object set changes per episode, and these figures show
     whether the keypoints place the objects in episodes the fit never saw (docs/results.md, "Least
     squares on too few frames").
+
+    None when the test set cannot be split so (one episode, or no landmark seen in both halves).
     """
     from kp_perception_training.pyramids.evaluate import landmark_scores
 
-    scores = landmark_scores(coords, sizes, rows, frames, seed, ridge=False, by_episode=True)
+    if len({s for s, _ in frames}) < 2:
+        return None
+    try:
+        scores = landmark_scores(coords, sizes, rows, frames, seed, ridge=False, by_episode=True)
+    except DataError:
+        return None
     keep = ("rmse_px", "rmse_px_by_group", "rmse_px_intercept_only", "rmse_px_intercept_only_by_group")
     return {k: scores[k] for k in keep if k in scores}
 

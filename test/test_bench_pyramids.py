@@ -384,3 +384,6 @@ def test_episode_halves_tell_recognising_the_episode_from_placing_the_object():
     assert frame_halves["rmse_px_by_group"]["objects"]["flattened"] < 1e-6
     objects = halves["rmse_px_by_group"]["objects"]["flattened"]
     assert objects > 5.0 and objects == pytest.approx(halves["rmse_px_intercept_only_by_group"]["objects"], rel=0.05)
+    # one episode cannot be split into halves: no figure rather than an error that stops the grid
+    one = [k for k in frames if k[0] == "episode_000"]
+    assert pq.episode_half_scores(coords[: len(one)], [episodes], rows, one, seed=3) is None
