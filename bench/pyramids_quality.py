@@ -499,16 +499,15 @@ def keypoint_subset_scores(coords: np.ndarray, on_arm: np.ndarray, rows: Sequenc
 
 
 def run_analyses(run_dir: Path, test_dir: Path, seed: int, masks: dict[tuple[str, int], np.ndarray],
-                 classes: dict[int, str]) -> dict[str, Any]:
-    """A finished run's keypoint placement, with the object information of its on-arm and off-arm keypoints."""
-    from kp_perception_training.sim.annotations import read_annotations
-
+                 classes: dict[int, str], rows: Sequence[Annotation]) -> dict[str, Any]:
+    """A finished run's keypoint placement, with the object information of its on-arm and off-arm keypoints
+    and its episode-halves fit; ``masks``, ``classes`` and the annotation ``rows`` are the test set's, read
+    once per family by the caller."""
     data = np.load(scored_dir(run_dir, test_dir) / "landmark_keypoints.npz")
     ids = _ids_under(data, masks)
     placement = _placement(data, ids, classes)
     on_arm = np.isin(ids, [cid for cid, c in classes.items() if c == "arm"]).mean(axis=0) > 0.5
     frames = [(str(s), int(f)) for s, f in zip(data["sequences"], data["frames"], strict=True)]
-    rows = read_annotations(test_dir / "annotations.csv")
     placement["keypoint_subsets"] = keypoint_subset_scores(data["keypoints_px"], on_arm, rows, frames, seed)
     halves = episode_half_scores(data["keypoints_px"], data["level_sizes"].tolist(), rows, frames, seed)
     if halves is not None:
@@ -530,8 +529,6 @@ def episode_half_scores(coords: np.ndarray, sizes: list[int], rows: Sequence[Ann
     """
     from kp_perception_training.pyramids.evaluate import landmark_scores
 
-    if len({s for s, _ in frames}) < 2:
-        return None
     try:
         scores = landmark_scores(coords, sizes, rows, frames, seed, ridge=False, by_episode=True)
     except DataError:
@@ -631,6 +628,8 @@ def _setting(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _reanalyse(args: argparse.Namespace) -> dict[str, Any]:
+    from kp_perception_training.sim.annotations import read_annotations
+
     result = json.loads(Path(args.reanalyse).read_text())
     s = result["setting"]
     work = Path(args.work)
@@ -638,9 +637,10 @@ def _reanalyse(args: argparse.Namespace) -> dict[str, Any]:
     for family in result["families_run"]:
         test_dir = work / family / f"sim_test_{s['size']}_{s['test_episodes']}x{s['frames']}"
         masks, classes = instance_masks(test_dir)
+        rows = read_annotations(test_dir / "annotations.csv")
         for r in (r for r in result["runs"] if r["family"] == family):
             run_dir = work / family / "runs" / f"{r['method']}_s{r['seed']}_{suffix}"
-            r["placement"] = run_analyses(run_dir, test_dir, r["seed"], masks, classes)
+            r["placement"] = run_analyses(run_dir, test_dir, r["seed"], masks, classes, rows)
             r.update(_with_groups(r, run_dir, test_dir))
     result.update(family_summary(result["runs"], result["families_run"]))
     _write_families(result, args)
@@ -756,6 +756,8 @@ def _run_families(args: argparse.Namespace, families: list[str], names: list[str
                   started: float, pool: ThreadPoolExecutor) -> dict[str, Any]:
     """Every family's simulations, then its runs seed-major, through the pool; results are gathered family by
     family in order and the JSON is rewritten after each, so a grid cut short holds complete families."""
+    from kp_perception_training.sim.annotations import read_annotations
+
     size, steps, frames = setting["size"], setting["steps"], args.frames
     setting.update(families_requested=families, methods=names, jobs=args.jobs)
     result: dict[str, Any] = {"setting": setting, "families_run": [], "families_partial": [], "missing_runs": [],
@@ -791,12 +793,13 @@ def _run_families(args: argparse.Namespace, families: list[str], names: list[str
     for family, (_, test_dir) in dirs.items():
         sim_seconds = sum(f.result() for f in sims[family])
         masks, classes = instance_masks(test_dir)
+        rows = read_annotations(test_dir / "annotations.csv")
         records = []
         for (seed, name), future in futures[family].items():
             run_dir = work / family / "runs" / f"{name}_s{seed}_{suffix}"
             record = _with_groups(future.result(), run_dir, test_dir)
             records.append(dict(record, family=family,
-                                placement=run_analyses(run_dir, test_dir, seed, masks, classes)))
+                                placement=run_analyses(run_dir, test_dir, seed, masks, classes, rows)))
             print(f"{family} {name} seed {seed}: {records[-1]['rmse_px']}", file=sys.stderr)
         if not records:
             continue
