@@ -15,6 +15,9 @@ settings) and differs only in what it observes:
   (``pyramids_node`` and ``servo_node`` processes, the loop of ``kp-perception demo servo``);
 - ``policy_*``: a trained RL policy (``--policy FILE.onnx``) instead of IBVS, in-process on
   ground truth or Pyramids observations, or through the real nodes (``policy_pyramids_ros``);
+- ``map_*``: the learned visuomotor map controller (``--map``, one fitted per observation by
+  ``kp_perception_training.control.visuomotor_map``) on each of the four observations, and through
+  the real nodes (``map_pyramids_ros``); a run of map variants has only map variants;
 - ``random``: uniformly random joint velocities (the floor).
 
 Scoring, fixed before the first comparison: success = end effector within 2 cm of
@@ -47,9 +50,10 @@ DOC = ROOT / "docs" / "results.md"
 GUIDE = ROOT / "docs" / "robot_guide.md"  # "From keypoints to a controller" shows the same table
 BEGIN, END = "<!-- Servo table: begin (bench/servo.py) -->", "<!-- Servo table: end -->"
 
-IN_PROCESS = ("ground_truth", "pyramids", "pyramids_level1", "transporter30", "policy_ground_truth",
-              "policy_pyramids", "random")
-THROUGH_ROS = ("pyramids_ros", "policy_pyramids_ros")
+OBSERVATIONS = ("ground_truth", "pyramids", "pyramids_level1", "transporter30")
+MAPS = tuple(f"map_{o}" for o in OBSERVATIONS)
+IN_PROCESS = (*OBSERVATIONS, "policy_ground_truth", "policy_pyramids", *MAPS, "random")
+THROUGH_ROS = ("pyramids_ros", "policy_pyramids_ros", "map_pyramids_ros")
 VARIANTS = IN_PROCESS + THROUGH_ROS
 DEFAULT_VARIANTS = "ground_truth,pyramids,pyramids_level1,transporter30,pyramids_ros"
 
@@ -75,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Transporter-30 model")
     parser.add_argument("--policy", default="", help="exported RL policy for the policy_* variants; its name "
                         "may contain {obs} (ground_truth / pyramids), replaced per variant")
+    parser.add_argument("--map", default="", help="fitted visuomotor maps for the map_* variants "
+                        "(policy.onnx); {obs} in the path is replaced per variant (ground_truth, pyramids, "
+                        "pyramids_level1, transporter30)")
     parser.add_argument("--json", default=str(RESULTS / "servo.json"), help="where to write the figures")
     parser.add_argument("--doc", action="store_true", help="also write the table into docs/results.md")
     parser.add_argument("--tag", default="", help="suffix of the output files (e.g. smoke)")
@@ -89,15 +96,22 @@ def _observer(variant: str, args: argparse.Namespace, camera=None):
     from kp_perception_training.control.episodes import GroundTruthObserver, ModelObserver
 
     metric = {"coordinates": args.coordinates, "camera": camera}
-    if variant in ("ground_truth", "policy_ground_truth", "random"):
+    observation = observation_of(variant)
+    if observation == "ground_truth":
         return GroundTruthObserver(args.size, args.coordinates)
-    if variant in ("pyramids", "policy_pyramids"):
+    if observation == "pyramids":
         return ModelObserver(args.model, **metric)
-    if variant == "pyramids_level1":
+    if observation == "pyramids_level1":
         return ModelObserver(args.model, slot_prefix="level0/", **metric)
-    if variant == "transporter30":
+    if observation == "transporter30":
         return ModelObserver(args.transporter, **metric)
     raise KpPerceptionError(f"unknown in-process variant {variant!r}")
+
+
+def observation_of(variant: str) -> str:
+    """What a variant observes: ``map_pyramids_level1`` -> ``pyramids_level1``; ``random`` sees ground truth."""
+    base = variant.removeprefix("policy_").removeprefix("map_").removesuffix("_ros")
+    return "ground_truth" if base == "random" else base
 
 
 def ibvs_config(overrides: list[str]):
@@ -122,20 +136,25 @@ def ibvs_config(overrides: list[str]):
 def _controller(variant: str, args: argparse.Namespace, lower: np.ndarray, upper: np.ndarray, seed: int):
     from kp_perception.control.ibvs import BroydenIBVS
 
-    if variant.startswith("policy_"):
+    if variant.startswith(("policy_", "map_")):
         from kp_perception.control.policy import OnnxPolicy
 
-        obs = "ground_truth" if "ground_truth" in variant else "pyramids"
-        path = args.policy.replace("{obs}", obs)
-        if not path or not Path(path).is_file():
-            raise KpPerceptionError(f"variant {variant} needs --policy FILE.onnx (got {path!r})")
-        return OnnxPolicy(path)
+        return OnnxPolicy(policy_path(variant, args))
     if variant == "random":
         from kp_perception_training.control.rl import RandomController
 
         return RandomController(len(lower), seed)
     return BroydenIBVS(len(lower), ibvs_config(args.ibvs), lower=lower, upper=upper,
                        dims=3 if args.coordinates == "metric" else 2)
+
+
+def policy_path(variant: str, args: argparse.Namespace) -> Path:
+    """The ONNX file a ``policy_*`` (``--policy``) or ``map_*`` (``--map``) variant runs, ``{obs}`` filled in."""
+    option, template = ("--map", args.map) if variant.startswith("map_") else ("--policy", args.policy)
+    path = template.replace("{obs}", observation_of(variant))
+    if not path or not Path(path).is_file():
+        raise KpPerceptionError(f"variant {variant} needs {option} FILE.onnx (got {path!r})")
+    return Path(path)
 
 
 def summarise(results: list[dict[str, Any]], slot_names: list[str] | None) -> dict[str, Any]:
@@ -202,20 +221,22 @@ def merge(paths: list[str]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for path in paths:
         figures = json.loads(Path(path).read_text())
-        if merged and {k: v for k, v in figures["settings"].items() if k != "policy"} != \
-                {k: v for k, v in merged["settings"].items() if k != "policy"}:
+        if merged and {k: v for k, v in figures["settings"].items() if k not in ("policy", "map")} != \
+                {k: v for k, v in merged["settings"].items() if k not in ("policy", "map")}:
             raise KpPerceptionError(f"{path}: settings differ from the first file's; not merging")
         if not merged:
             merged = {"settings": figures["settings"], "variants": {}, "wall_time_min": 0.0, "merged_from": []}
         merged["variants"].update(figures["variants"])
-        merged["settings"]["policy"] = merged["settings"]["policy"] or figures["settings"]["policy"]
+        for key in ("policy", "map"):
+            if figures["settings"].get(key):
+                merged["settings"][key] = merged["settings"].get(key) or figures["settings"][key]
         merged["wall_time_min"] = round(merged["wall_time_min"] + figures.get("wall_time_min", 0.0), 1)
         merged["merged_from"].append(str(path))
     return _ratios(merged)
 
 
 def _ratios(figures: dict[str, Any]) -> dict[str, Any]:
-    gt = figures["variants"].get("ground_truth")
+    gt = figures["variants"].get("ground_truth") or figures["variants"].get("map_ground_truth")
     if gt and gt["success_rate"] > 0:
         for v in figures["variants"].values():
             v["success_vs_ground_truth"] = round(v["success_rate"] / gt["success_rate"], 3)
@@ -235,6 +256,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise KpPerceptionError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    maps = [v for v in variants if v.startswith("map_")]
+    if maps and len(maps) != len(variants):
+        raise KpPerceptionError("map_* variants run on their own (their table's controller is the map): "
+                                f"got {', '.join(variants)}")
     if args.episodes < 1:
         raise KpPerceptionError(f"--episodes must be at least 1, got {args.episodes}")
     started = time.monotonic()
@@ -242,10 +267,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {"episodes": args.episodes, "seed": args.seed, "duration_s": args.duration,
                      "control_hz": 30.0, "success_distance_mm": 20.0,
                      "size": args.size, "near_goal": args.near_goal,
-                     "controller": " ".join(["BroydenIBVS defaults", *args.ibvs]),
+                     "controller": "visuomotor map" if maps else " ".join(["BroydenIBVS defaults", *args.ibvs]),
                      "model": args.model, "transporter": args.transporter, "policy": args.policy},
         "variants": {},
     }
+    if maps:
+        figures["settings"]["map"] = args.map
     if args.coordinates != "normalized":  # only when set, so runs from before the option still merge
         figures["settings"]["coordinates"] = args.coordinates
     for variant in variants:
@@ -283,6 +310,11 @@ LABELS = {
     "policy_ground_truth": "SAC policy on ground-truth points",
     "policy_pyramids": "SAC policy on Pyramids keypoints",
     "policy_pyramids_ros": "SAC policy on Pyramids keypoints, through ROS 2",
+    "map_ground_truth": "visuomotor map on ground-truth arm points (upper bound)",
+    "map_pyramids": "visuomotor map on Keypoint Pyramids, all levels (10+20)",
+    "map_pyramids_level1": "visuomotor map on Keypoint Pyramids, level 1 only (10)",
+    "map_transporter30": "visuomotor map on Transporter-30 (flat)",
+    "map_pyramids_ros": "visuomotor map on Keypoint Pyramids, through ROS 2 (real nodes)",
     "random": "random joint velocities",
 }
 

@@ -447,11 +447,12 @@ def run_ros_episodes(args: argparse.Namespace, variant: str) -> tuple[list[dict]
 
     policy = None
     controller = "ibvs"
-    if variant.startswith("policy_"):
+    if variant.startswith(("policy_", "map_")):  # an RL policy or a visuomotor map: both are ONNX policies
         controller = "policy"
-        policy = Path(args.policy.replace("{obs}", "pyramids"))
+        option, template = ("--map", args.map) if variant.startswith("map_") else ("--policy", args.policy)
+        policy = Path(template.replace("{obs}", "pyramids"))
         if not policy.is_file():
-            raise KpPerceptionError(f"variant {variant} needs --policy FILE.onnx (got {str(policy)!r})")
+            raise KpPerceptionError(f"variant {variant} needs {option} FILE.onnx (got {str(policy)!r})")
     out = Path("build") / f"bench_servo_{variant}"  # nodes.log of the run
     run_out = run_closed_loop(model=Path(args.model), episodes=list(range(args.episodes)), seed=args.seed,
                               duration=args.duration, rate=30.0, controller=controller, policy=policy,

@@ -107,7 +107,7 @@ class ReachScene:
             goal = s._random_workspace_point() + lift
             if np.linalg.norm(goal[:2] - start[:2]) >= MIN_START_GOAL_DISTANCE:
                 break
-        start_q, goal_q = self._ik_configuration(start), self._ik_configuration(goal)
+        start_q, goal_q = self.ik_configuration(start), self.ik_configuration(goal)
         sigma = self.config.start_perturbation
         if sigma > 0:
             noise = s.rng.normal(0.0, sigma, size=len(goal_q))
@@ -115,7 +115,7 @@ class ReachScene:
             start_q = np.clip(goal_q + noise, self.lower + 0.05, self.upper - 0.05)
         return start_q, goal_q
 
-    def _ik_configuration(self, target: np.ndarray) -> np.ndarray:
+    def ik_configuration(self, target: np.ndarray) -> np.ndarray:
         """Joint configuration with the gripper at ``target``, pointing down (the scene's own IK reset)."""
         s = self.scene
         s._reset_arm(target)

@@ -1,0 +1,82 @@
+"""The learned visuomotor map: it learns the configuration from what it sees, exports exactly, and reaches goals."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from kp_perception.errors import KpPerceptionError
+from kp_perception_training.control.episodes import GroundTruthObserver, run_episode
+from kp_perception_training.control.visuomotor_map import SampleConfig, collect, features, fit_map, main
+from kp_perception_training.sim.reach import ReachConfig
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def ground_truth_map(tmp_path_factory):
+    """A map fitted on the simulator's arm points (no rendering, so it is quick), exported as a policy."""
+    out = tmp_path_factory.mktemp("map") / "ground_truth"
+    assert main(["--observer", "ground_truth", "--scenes", "40", "--per-scene", "15", "--out", str(out),
+                 "--no-progress"]) == 0
+    return out
+
+
+def test_the_map_predicts_joint_angles_of_unseen_scenes_far_better_than_their_mean():
+    observer = GroundTruthObserver(64)
+    train = collect(observer, SampleConfig(scenes=30, per_scene=15), progress=False)
+    test = collect(observer, SampleConfig(seed=2001, scenes=6, per_scene=15), progress=False)
+    fitted, report = fit_map(features(train.values, train.valid), train.q, train.scene)
+    rmse = np.sqrt(np.mean((fitted.predict(features(test.values, test.valid)) - test.q) ** 2))
+    spread = np.sqrt(np.mean((test.q - train.q.mean(axis=0)) ** 2))
+    assert rmse < 0.25 * spread
+    assert report["gamma"] > 0 and report["cv_folds"] == 3
+
+
+def test_the_export_is_a_policy_that_matches_the_fit_and_reaches_the_goal(ground_truth_map):
+    from kp_perception.control.policy import OnnxPolicy
+
+    fit = json.loads((ground_truth_map / "fit.json").read_text())
+    assert fit["onnx_max_abs_diff"] < 1e-3 and fit["samples"] == 600
+    policy = OnnxPolicy(ground_truth_map / "policy.onnx")
+    assert policy.spec.num_joints == 7 and policy.spec.keypoint_model == "ground_truth"
+    config = ReachConfig(seed=100)
+    for episode in (0, 1):
+        result = run_episode(config, episode, GroundTruthObserver(64), OnnxPolicy(ground_truth_map / "policy.onnx"), 8.0)
+        assert result.final_position_error_mm < 0.2 * result.initial_position_error_mm
+
+
+def test_commands_respect_the_speed_limit_and_keep_their_direction(ground_truth_map):
+    from kp_perception.control.policy import OnnxPolicy
+
+    policy = OnnxPolicy(ground_truth_map / "policy.onnx")
+    observer = GroundTruthObserver(64)
+    far = collect(observer, SampleConfig(seed=2002, scenes=2, per_scene=2), progress=False)
+    policy.reset(far.values[0], far.valid[0])
+    fast = policy.step(far.values[2], far.valid[2], far.q[2])
+    assert np.abs(fast).max() == pytest.approx(0.5, abs=1e-5)  # a large error saturates the fastest joint only
+    policy.reset(far.values[2], far.valid[2])
+    assert np.abs(policy.step(far.values[2], far.valid[2], far.q[2])).max() < 1e-4  # at the goal: no motion
+
+
+def test_bench_servo_scores_map_variants_alone(ground_truth_map, tmp_path):
+    from kp_perception_bench import servo
+
+    parser = argparse.ArgumentParser()
+    servo.add_arguments(parser)
+    template = str(ground_truth_map.parent / "{obs}" / "policy.onnx")
+    args = parser.parse_args(["--variants", "map_ground_truth", "--episodes", "2", "--seed", "100", "--duration",
+                              "8", "--map", template, "--json", str(tmp_path / "servo.json"), "--quiet"])
+    figures = servo.run(args)
+    result = figures["variants"]["map_ground_truth"]
+    assert result["success_rate"] == 1.0 and result["success_vs_ground_truth"] == 1.0
+    assert servo.markers(figures["settings"])[0] == "<!-- Servo table (visuomotor map): begin (bench/servo.py) -->"
+    mixed = parser.parse_args(["--variants", "ground_truth,map_ground_truth", "--map", template])
+    with pytest.raises(KpPerceptionError, match="on their own"):
+        servo.run(mixed)
+    missing = parser.parse_args(["--variants", "map_pyramids", "--episodes", "1", "--map", template])
+    with pytest.raises(KpPerceptionError, match="needs --map"):
+        servo.run(missing)
