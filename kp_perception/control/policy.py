@@ -1,5 +1,9 @@
 """A trained reach policy exported to ONNX, run with onnxruntime: the same interface as the IBVS controller.
 
+Two kinds are exported this way: the SAC actor of ``kp_perception_training.control.rl``
+and the fitted visuomotor map of ``kp_perception_training.control.visuomotor_map``
+(keypoints -> joint angles, with its control law in the graph). The robot runs both alike.
+
 Why ONNX and not stable-baselines3 on the robot: the robot side never
 imports torch (docs/architecture.md). The policy is trained in
 ``kp_perception_training.control.rl`` on the gymnasium reach environment and

@@ -219,6 +219,7 @@ def run_episode(
         ticks = int(round(duration_s * config.control_hz))
         errors, times, compute = np.zeros(ticks), np.zeros(ticks), np.zeros(ticks)
         weight_sum = np.zeros(len(goal))
+        weighted = False  # controllers without per-feature weights (policies, maps) report none
         for t in range(ticks):
             frame, points, depth = capture(scene, observer)
             q = scene.joint_positions()
@@ -229,6 +230,7 @@ def run_episode(
             weights = getattr(controller, "weights", None)
             if weights is not None:
                 weight_sum += weights
+                weighted = True
             if on_tick is not None:
                 on_tick(scene, frame, features, valid, qdot)
             scene.apply(qdot)
@@ -245,7 +247,7 @@ def run_episode(
             duration_s=duration_s,
             control_ms_p50=float(np.median(compute) * 1e3),
             position_error_mm=(1e3 * errors).round(2).tolist(),
-            mean_weights=(weight_sum / max(ticks, 1)).round(3).tolist(),
+            mean_weights=(weight_sum / max(ticks, 1)).round(3).tolist() if weighted else [],
             goal_features=np.asarray(goal).round(4).tolist(),
         )
     finally:
