@@ -88,11 +88,11 @@ def test_a_second_fit_reuses_the_samples_and_gives_the_same_map(ground_truth_map
     first = json.loads((ground_truth_map / "fit.json").read_text())
     ground_truth_map = shutil.copytree(ground_truth_map, tmp_path / "ground_truth")  # the fixture stays as it was
     assert main(["--observer", "ground_truth", "--scenes", "40", "--per-scene", "15", "--out", str(ground_truth_map),
-                 "--no-progress", "--gain", "1.0"]) == 0
+                 "--no-progress", "--gain", "1.0", "--feedback", "joints"]) == 0
     assert "reusing the samples" in capsys.readouterr().out
     second = json.loads((ground_truth_map / "fit.json").read_text())
     assert (second["gamma"], second["alpha"], second["samples"]) == (first["gamma"], first["alpha"], first["samples"])
-    assert second["gain"] == 1.0
+    assert (second["gain"], second["feedback"]) == (1.0, "joints")  # exported and checked against the fit
     assert main(["--observer", "ground_truth", "--scenes", "41", "--per-scene", "15", "--out", str(ground_truth_map),
                  "--no-progress"]) == 0  # other sampling: sampled afresh
     assert "reusing" not in capsys.readouterr().out

@@ -208,10 +208,11 @@ def policy_module(fitted: FittedMap, gain: float, max_joint_velocity: float, fee
 
         def forward(self, keypoints, valid, goal_keypoints, goal_valid, joint_positions):
             goal = self.configuration(goal_keypoints, goal_valid)
-            if feedback == "image":  # joint_positions stays an input of the graph: the policy interface has it
+            # Every input stays in the graph, used or not: the policy interface has all five.
+            if feedback == "image":
                 now = self.configuration(keypoints, valid) + 0.0 * joint_positions
             else:
-                now = joint_positions
+                now = joint_positions + 0.0 * (keypoints.sum() + valid.sum())
             qdot = gain * (goal - now)
             over = (qdot.abs().amax(dim=1, keepdim=True) / max_joint_velocity).clamp_min(1.0)
             return qdot / over / max_joint_velocity
