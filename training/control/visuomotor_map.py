@@ -38,7 +38,13 @@ The export is a policy (``kp_perception.control.policy``): the same named
 inputs and ``action`` output as the RL policies, so ``servo_node
 controller:=policy`` and ``bench servo`` run it unchanged. ``OUT/policy.onnx``
 holds the fitted support vectors; ``OUT/fit.json`` records the data, the
-cross-validated kernel settings and the held-out fit.
+cross-validated kernel settings and the held-out fit; ``OUT/samples.npz`` keeps
+the samples, so a refit or re-export with the same sampling skips the slow part.
+
+Measured (docs/results.md, "Third round: a learned visuomotor map"): on the
+benchmark's 50 episodes the closed-loop map reaches the goal in 52 % on the
+shipped Pyramids model and 100 % on ground-truth points; look-and-move 70 % and
+100 %. Broyden IBVS on the same keypoints: 0 %.
 """
 
 from __future__ import annotations
