@@ -97,3 +97,23 @@ def test_a_second_fit_reuses_the_samples_and_gives_the_same_map(ground_truth_map
                  "--no-progress"]) == 0  # other sampling: sampled afresh
     assert "reusing" not in capsys.readouterr().out
     assert json.loads((ground_truth_map / "fit.json").read_text())["samples"] == 615
+
+
+def test_the_shipped_map_drives_the_arm_through_the_real_nodes(tmp_path, monkeypatch):
+    """``map_pyramids_ros``: pyramids_node and servo_node (controller:=policy on the map) as real processes."""
+    from pathlib import Path
+
+    from kp_perception_bench import servo
+
+    monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    monkeypatch.chdir(tmp_path)  # the ROS variant keeps its nodes.log under ./build
+    shipped = Path(servo.ROOT) / "bench" / "results" / "servo_map" / "pyramids.onnx"
+    parser = argparse.ArgumentParser()
+    servo.add_arguments(parser)
+    args = parser.parse_args(["--variants", "map_pyramids_ros", "--episodes", "1", "--duration", "5",
+                              "--map", str(shipped.parent / "{obs}.onnx"), "--json", str(tmp_path / "s.json"),
+                              "--quiet"])
+    result = servo.run(args)["variants"]["map_pyramids_ros"]
+    assert result["timing"]["answered_fraction"] > 0.8
+    (episode,) = result["per_episode"]
+    assert episode["final_position_error_mm"] < episode["initial_position_error_mm"] - 50.0
