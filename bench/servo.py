@@ -280,7 +280,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if variant in THROUGH_ROS:
             from kp_perception.cli.demo_servo import run_ros_episodes
 
-            results, slot_names, extra = run_ros_episodes(args, variant)
+            policy = policy_path(variant, args) if variant.startswith(("policy_", "map_")) else None
+            results, slot_names, extra = run_ros_episodes(args, variant, policy)
         else:
             results, slot_names = run_in_process(variant, args)
             extra = {}

@@ -34,6 +34,9 @@ def test_the_map_predicts_joint_angles_of_unseen_scenes_far_better_than_their_me
     spread = np.sqrt(np.mean((test.q - train.q.mean(axis=0)) ** 2))
     assert rmse < 0.25 * spread
     assert report["gamma"] > 0 and report["cv_folds"] == 3
+    again, chosen = fit_map(features(train.values, train.valid), train.q, train.scene,
+                            gammas=(report["gamma"],), alphas=(report["alpha"],))
+    assert "cv_folds" not in chosen and np.allclose(again.dual, fitted.dual)  # the chosen kernel, without a search
 
 
 def test_the_export_is_a_policy_that_matches_the_fit_and_reaches_the_goal(ground_truth_map):

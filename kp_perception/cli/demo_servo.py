@@ -441,18 +441,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_ros_episodes(args: argparse.Namespace, variant: str) -> tuple[list[dict], list[str] | None, dict]:
-    """``bench servo``'s ROS variants: the benchmark's episodes through the real nodes (real time)."""
-    from kp_perception.errors import KpPerceptionError
+def run_ros_episodes(args: argparse.Namespace, variant: str,
+                     policy: Path | None = None) -> tuple[list[dict], list[str] | None, dict]:
+    """``bench servo``'s ROS variants: the benchmark's episodes through the real nodes (real time).
 
-    policy = None
-    controller = "ibvs"
-    if variant.startswith(("policy_", "map_")):  # an RL policy or a visuomotor map: both are ONNX policies
-        controller = "policy"
-        option, template = ("--map", args.map) if variant.startswith("map_") else ("--policy", args.policy)
-        policy = Path(template.replace("{obs}", "pyramids"))
-        if not policy.is_file():
-            raise KpPerceptionError(f"variant {variant} needs {option} FILE.onnx (got {str(policy)!r})")
+    ``policy``: the ONNX policy (an RL actor or a visuomotor map) for ``servo_node controller:=policy``;
+    None runs IBVS. The bench resolves and checks the path.
+    """
+    controller = "ibvs" if policy is None else "policy"
     out = Path("build") / f"bench_servo_{variant}"  # nodes.log of the run
     run_out = run_closed_loop(model=Path(args.model), episodes=list(range(args.episodes)), seed=args.seed,
                               duration=args.duration, rate=30.0, controller=controller, policy=policy,

@@ -160,7 +160,10 @@ class FittedMap:
 
 def fit_map(x: np.ndarray, q: np.ndarray, groups: np.ndarray, gammas: tuple[float, ...] = (0.002, 0.005, 0.01, 0.02, 0.05),
             alphas: tuple[float, ...] = (1e-3, 1e-2, 1e-1), cv_samples: int = 3000) -> tuple[FittedMap, dict]:
-    """Choose γ and α by 3-fold cross-validation over scenes (on the first ``cv_samples``), then fit all samples."""
+    """Choose γ and α by 3-fold cross-validation over scenes (on the first ``cv_samples``), then fit all samples.
+
+    With one γ and one α there is nothing to choose, and no cross-validation is run (nor reported).
+    """
     from sklearn.kernel_ridge import KernelRidge
     from sklearn.model_selection import GridSearchCV, GroupKFold
     from sklearn.preprocessing import StandardScaler
@@ -168,20 +171,23 @@ def fit_map(x: np.ndarray, q: np.ndarray, groups: np.ndarray, gammas: tuple[floa
     scaler = StandardScaler().fit(x)
     z = scaler.transform(x)
     q_mean = q.mean(axis=0)
-    cv = min(cv_samples, len(z))
-    folds = min(3, len(np.unique(groups[:cv])))
-    if folds < 2:
-        raise ValueError("the map needs samples from at least 2 scenes to choose its kernel")
-    search = GridSearchCV(KernelRidge(kernel="rbf"), {"gamma": list(gammas), "alpha": list(alphas)},
-                          cv=GroupKFold(n_splits=folds), scoring="neg_mean_squared_error")
-    search.fit(z[:cv], q[:cv] - q_mean, groups=groups[:cv])
-    best = search.best_params_
+    report: dict = {}
+    if len(gammas) * len(alphas) == 1:  # nothing to choose: no cross-validation
+        best = {"gamma": gammas[0], "alpha": alphas[0]}
+    else:
+        cv = min(cv_samples, len(z))
+        folds = min(3, len(np.unique(groups[:cv])))
+        if folds < 2:
+            raise ValueError("the map needs samples from at least 2 scenes to choose its kernel")
+        search = GridSearchCV(KernelRidge(kernel="rbf"), {"gamma": list(gammas), "alpha": list(alphas)},
+                              cv=GroupKFold(n_splits=folds), scoring="neg_mean_squared_error")
+        search.fit(z[:cv], q[:cv] - q_mean, groups=groups[:cv])
+        best = search.best_params_
+        report = {"cv_samples": int(cv), "cv_folds": folds, "cv_rmse_rad": float(np.sqrt(-search.best_score_ / q.shape[1]))}
     krr = KernelRidge(kernel="rbf", gamma=best["gamma"], alpha=best["alpha"]).fit(z, q - q_mean)
     fitted = FittedMap(mean=scaler.mean_, scale=scaler.scale_, support=z, dual=np.asarray(krr.dual_coef_),
                        q_mean=q_mean, gamma=float(best["gamma"]), alpha=float(best["alpha"]))
-    report = {"gamma": fitted.gamma, "alpha": fitted.alpha, "cv_samples": int(cv), "cv_folds": folds,
-              "cv_rmse_rad": float(np.sqrt(-search.best_score_ / q.shape[1]))}
-    return fitted, report
+    return fitted, {"gamma": fitted.gamma, "alpha": fitted.alpha, **report}
 
 
 def policy_module(fitted: FittedMap, gain: float, max_joint_velocity: float, feedback: str):
